@@ -1,0 +1,23 @@
+"""jaxprune: functional neural-network pruning for JAX, as optax transformations."""
+
+from jaxprune import criteria
+from jaxprune import schedules
+from jaxprune._inspect import Sparsity
+from jaxprune._inspect import masks_of
+from jaxprune._inspect import sparsity
+from jaxprune._pruning import PruneState
+from jaxprune._pruning import prune
+from jaxprune._train_state import TrainState
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "PruneState",
+    "Sparsity",
+    "TrainState",
+    "criteria",
+    "masks_of",
+    "prune",
+    "schedules",
+    "sparsity",
+)

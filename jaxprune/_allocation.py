@@ -1,0 +1,119 @@
+"""How a target sparsity is shared out among the prunable tensors.
+
+Everything here runs on the host, in float64, once per schedule level: the
+number of weights each group keeps is a Python int, exact, and known before
+the train step is traced.
+
+- ``"global"``: one group of all prunable weights; ``round(s * N)`` of them
+  are pruned.  Each tensor keeps at least its best weight (see ``prune``).
+- ``"layerwise"``: every tensor is its own group and loses ``round(s * n)``.
+- ``"erk"``: every tensor is its own group, with the Erdos-Renyi-Kernel
+  density of Evci et al. (2020): proportional to ``sum(shape) / prod(shape)``,
+  capped at 1 with the excess redistributed, so that the densities average to
+  ``1 - s`` over all weights.
+
+In the per-tensor allocations a tensor is never emptied unless its sparsity
+is 1: at most ``n - 1`` of its ``n`` weights are pruned.
+
+Example:
+  >>> from jaxprune import _allocation
+  >>> _allocation.kept_counts(0.5, [(4, 4), (4, 2)], "layerwise")
+  [8, 4]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+ALLOCATIONS = ("global", "layerwise", "erk")
+
+Shape = tuple[int, ...]
+
+
+def check_allocation(allocation: str) -> None:
+  if allocation not in ALLOCATIONS:
+    raise ValueError(
+        f"unknown allocation {allocation!r}; expected one of {ALLOCATIONS}"
+    )
+
+
+def group_layout(
+    shapes: Sequence[Shape], allocation: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The group of each tensor and the size of each group."""
+  check_allocation(allocation)
+  sizes = [math.prod(shape) for shape in shapes]
+  if allocation == "global":
+    return (0,) * len(shapes), (sum(sizes),)
+  return tuple(range(len(shapes))), tuple(sizes)
+
+
+def erk_densities(shapes: Sequence[Shape], density: float) -> list[float]:
+  """Erdos-Renyi-Kernel densities whose weighted mean is ``density``.
+
+  Tensor ``l`` gets ``eps * sum(shape_l) / prod(shape_l)``, with ``eps``
+  solving ``sum_l d_l n_l = density * sum_l n_l``; tensors whose density
+  would exceed 1 are made dense and ``eps`` is solved again for the rest.
+
+  Args:
+    shapes: the prunable tensors' shapes.
+    density: the overall fraction of weights kept, in ``[0, 1]``.
+
+  Returns:
+    One density per tensor, each in ``[0, 1]``.
+  """
+  sizes = [math.prod(shape) for shape in shapes]
+  raw = [sum(shape) / n for shape, n in zip(shapes, sizes)]
+  dense: set[int] = set()
+  while True:
+    budget = density * sum(sizes) - sum(sizes[i] for i in dense)
+    weight = sum(raw[i] * sizes[i] for i in range(len(sizes)) if i not in dense)
+    if weight == 0:  # everything dense
+      return [1.0] * len(sizes)
+    eps = budget / weight
+    free = [i for i in range(len(sizes)) if i not in dense]
+    largest = max(raw[i] for i in free)
+    if eps * largest <= 1.0:
+      return [1.0 if i in dense else eps * raw[i] for i in range(len(sizes))]
+    dense.update(i for i in free if raw[i] == largest)
+
+
+def _pruned_in_tensor(sparsity: float, size: int) -> int:
+  pruned = round(sparsity * size)
+  return pruned if sparsity >= 1.0 else min(pruned, size - 1)
+
+
+def kept_counts(
+    sparsity: float, shapes: Sequence[Shape], allocation: str
+) -> list[int]:
+  """The number of weights each group keeps at ``sparsity``.
+
+  Args:
+    sparsity: the target fraction of prunable weights removed, in ``[0, 1]``.
+    shapes: the prunable tensors' shapes, in tree order.
+    allocation: ``"global"``, ``"layerwise"`` or ``"erk"``.
+
+  Returns:
+    One int per group of :func:`group_layout`.
+
+  Raises:
+    ValueError: for an unknown allocation, or a global sparsity below 1 that
+      keeps fewer weights than there are tensors (a tensor would be emptied).
+  """
+  check_allocation(allocation)
+  sizes = [math.prod(shape) for shape in shapes]
+  if allocation == "global":
+    total = sum(sizes)
+    kept = total - round(sparsity * total)
+    if sparsity < 1.0 and kept < len(sizes):
+      raise ValueError(
+          f"global sparsity {sparsity} keeps {kept} of {total} weights, fewer "
+          f"than the {len(sizes)} prunable tensors: some tensor would be "
+          "emptied. Lower the sparsity, or ask for 1.0 to prune everything."
+      )
+    return [kept]
+  if allocation == "layerwise":
+    return [n - _pruned_in_tensor(sparsity, n) for n in sizes]
+  densities = erk_densities(shapes, 1.0 - sparsity)
+  return [n - _pruned_in_tensor(1.0 - d, n) for n, d in zip(sizes, densities)]

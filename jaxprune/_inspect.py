@@ -1,0 +1,123 @@
+"""Reading masks and sparsity out of optimizer states and parameter trees.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxprune
+  >>> masks = {'w': jnp.array([[True, False], [False, False]]), 'b': None}
+  >>> report = jaxprune.sparsity(masks)
+  >>> float(report.global_sparsity)
+  0.75
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune import _trees
+
+_MASK_STATE_TYPES: list[type] = []
+
+
+def register_mask_state(cls: type) -> type:
+  """Marks an optimizer-state type whose ``masks`` field ``masks_of`` reads."""
+  _MASK_STATE_TYPES.append(cls)
+  return cls
+
+
+def _is_mask_state(x: Any) -> bool:
+  return isinstance(x, tuple(_MASK_STATE_TYPES))
+
+
+def masks_of(opt_state: Any) -> Any:
+  """The current masks held in an optimizer state.
+
+  Finds the state of a jaxprune transformation anywhere inside
+  ``opt_state``: at the top, inside ``optax.chain``,
+  ``optax.inject_hyperparams`` or any other wrapper, or inside a Flax
+  ``TrainState``.
+
+  Args:
+    opt_state: an optimizer state, or any pytree holding one.
+
+  Returns:
+    A tree with the structure of the params: a boolean array (True = kept)
+    of the leaf's shape for every prunable leaf, ``None`` for the others.
+
+  Raises:
+    ValueError: if ``opt_state`` holds no pruning state, or more than one.
+  """
+  found = [
+      x
+      for x in jax.tree.leaves(opt_state, is_leaf=_is_mask_state)
+      if _is_mask_state(x)
+  ]
+  if not found:
+    raise ValueError(
+        "masks_of found no pruning state in the given optimizer state; was "
+        "the optimizer built with jaxprune.prune?"
+    )
+  if len(found) > 1:
+    raise ValueError(
+        f"masks_of found {len(found)} pruning states in the given optimizer "
+        "state and cannot tell which masks you mean; call it on the part of "
+        "the state that holds the one you want"
+    )
+  return found[0].masks
+
+
+class Sparsity(NamedTuple):
+  """Achieved sparsity of a tree of params or masks.
+
+  Attributes:
+    global_sparsity: the fraction of zeros (or False) over all counted leaves.
+    per_leaf: a tree like the input, the fraction for every counted leaf,
+      ``None`` for the others.
+  """
+
+  global_sparsity: jax.Array
+  per_leaf: Any
+
+
+def sparsity(tree: Any, prunable: _trees.PrunablePredicate | None = None) -> Sparsity:
+  """Measures the sparsity of params or masks.
+
+  Boolean leaves (masks) count their False entries; other leaves selected by
+  ``prunable`` (by default floating leaves with ``ndim >= 2``, the prunable
+  default of :func:`jaxprune.prune`) count their exact zeros.  ``None``
+  leaves are skipped.  Works under jit.
+
+  Args:
+    tree: params, or masks from :func:`jaxprune.masks_of`.
+    prunable: which non-boolean leaves to count, ``(path, leaf) -> bool``.
+
+  Returns:
+    A :class:`Sparsity`.
+
+  Raises:
+    ValueError: if no leaf is counted.
+  """
+  predicate = _trees.default_prunable if prunable is None else prunable
+  zeros, sizes = [], []
+
+  def measure(path, leaf):
+    if jnp.result_type(leaf) == jnp.bool_:
+      empty = ~jnp.asarray(leaf)
+    elif predicate(_trees.readable_path(path), leaf):
+      empty = jnp.asarray(leaf) == 0
+    else:
+      return None
+    zeros.append(jnp.sum(empty, dtype=jnp.int32))
+    sizes.append(jnp.size(leaf))
+    return zeros[-1].astype(jnp.float32) / max(jnp.size(leaf), 1)
+
+  per_leaf = jax.tree_util.tree_map_with_path(measure, tree)
+  if not zeros:
+    raise ValueError(
+        "sparsity counted no leaf: the tree holds no boolean masks and no leaf "
+        "the prunable predicate selects"
+    )
+  total = sum(z.astype(jnp.float32) for z in zeros)
+  return Sparsity(total / max(sum(sizes), 1), per_leaf)

@@ -1,0 +1,334 @@
+"""``prune``: wraps any optax optimizer into one that prunes as it trains.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax
+  >>> import jaxprune
+  >>> params = {'w': jnp.array([[0.1, -2.0], [0.3, 1.0]]), 'b': jnp.ones(2)}
+  >>> tx = jaxprune.prune(
+  ...     optax.sgd(0.1),
+  ...     criterion=jaxprune.criteria.magnitude,
+  ...     schedule=jaxprune.schedules.one_shot(0.5, at_step=0))
+  >>> state = tx.init(params)
+  >>> grads = jax.tree.map(jnp.ones_like, params)
+  >>> updates, state = jax.jit(tx.update)(grads, state, params)
+  >>> params = optax.apply_updates(params, updates)
+  >>> jaxprune.masks_of(state)['w'].tolist()
+  [[False, True], [False, True]]
+  >>> params['w']  # pruned weights are exactly zero after apply_updates
+  Array([[ 0. , -2.1],
+         [ 0. ,  0.9]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxprune import _allocation
+from jaxprune import _inspect
+from jaxprune import _selection
+from jaxprune import _trees
+from jaxprune import criteria as criteria_lib
+from jaxprune import schedules as schedules_lib
+
+
+@_inspect.register_mask_state
+class PruneState(NamedTuple):
+  """State of :func:`prune`.
+
+  Attributes:
+    step: int32, the number of updates applied so far.
+    level: int32, the index of the schedule level the masks realise; -1
+      while no level has been applied.
+    masks: the masks, a tree with the structure of the params: a boolean
+      array (True = kept) for every prunable leaf, ``None`` for the others.
+    key: uint32 key data; the criterion gets ``fold_in(key, step)``.
+    nan_scores: int32, how many surviving weights had a NaN score at the
+      last mask update (they ranked below every real score).
+    inner_state: the state of the wrapped optimizer.
+  """
+
+  step: jax.Array
+  level: jax.Array
+  masks: Any
+  key: jax.Array
+  nan_scores: jax.Array
+  inner_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What is pruned and how many weights each group keeps, per level."""
+
+  prunable: Any  # tree of Python bools with the structure of the params
+  paths: tuple[_trees.Path, ...]  # of the prunable leaves, in tree order
+  group_ids: tuple[int, ...]
+  group_sizes: tuple[int, ...]
+  kept: np.ndarray  # int32 [levels, groups]
+
+
+def _make_plan(params, prunable, schedule, allocation) -> _Plan:
+  flags = _trees.prunable_mask(params, prunable)
+  selected = [
+      (path, leaf)
+      for (path, leaf), flag in zip(
+          _trees.leaves_with_paths(params), jax.tree.leaves(flags)
+      )
+      if flag
+  ]
+  if not selected:
+    paths = [_trees.path_string(p) for p, _ in _trees.leaves_with_paths(params)]
+    raise ValueError(
+        "the prunable predicate selects no leaf of the params; leaves: "
+        f"{paths}"
+    )
+  for path, leaf in selected:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"prunable leaf {_trees.path_string(path)} has dtype {dtype}; only "
+          "floating-point leaves can be pruned"
+      )
+  shapes = [tuple(np.shape(leaf)) for _, leaf in selected]
+  group_ids, group_sizes = _allocation.group_layout(shapes, allocation)
+  too_big = [n for n in group_sizes if n >= 2**31]
+  if too_big:
+    raise ValueError(
+        f"a ranked group holds {too_big[0]} weights; at most 2**31 - 1 are "
+        "supported"
+    )
+  kept = [
+      _allocation.kept_counts(s, shapes, allocation)
+      for s in schedule.sparsities
+  ]
+  kept = np.asarray(kept, np.int32).reshape(len(kept), len(group_sizes))
+  return _Plan(
+      flags, tuple(p for p, _ in selected), group_ids, group_sizes, kept
+  )
+
+
+def _check_finite(params, plan: _Plan) -> None:
+  for (path, leaf), flag in zip(
+      _trees.leaves_with_paths(params), jax.tree.leaves(plan.prunable)
+  ):
+    if flag and not isinstance(leaf, jax.core.Tracer):
+      if not bool(jnp.all(jnp.isfinite(leaf))):
+        raise ValueError(
+            f"prunable leaf {_trees.path_string(path)} holds NaN or inf "
+            "values; pruning scores computed from it would be meaningless"
+        )
+
+
+def _prunable_leaves(tree, plan: _Plan) -> list[Any]:
+  return [
+      leaf
+      for leaf, flag in zip(jax.tree.leaves(tree), jax.tree.leaves(plan.prunable))
+      if flag
+  ]
+
+
+def _mask_leaves(masks) -> list[jax.Array]:
+  return jax.tree.leaves(masks)  # None leaves are dropped
+
+
+def _with_best_forced(keys: jax.Array) -> jax.Array:
+  """Gives the best surviving weight of a tensor a key above every other."""
+  flat = keys.reshape(-1)
+  best = jnp.argmax(flat)
+  forced = jnp.where(
+      flat[best] > _selection.PRUNED_KEY,
+      jnp.uint32(_selection.FORCED_KEY),
+      flat[best],
+  )
+  return flat.at[best].set(forced).reshape(keys.shape)
+
+
+def _mask_gradients(masks, grads):
+  return jax.tree.map(
+      lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
+      masks,
+      grads,
+      is_leaf=lambda x: x is None,
+  )
+
+
+def _zero_pruned_params(masks, updates, params):
+  """Updates that leave ``params + updates`` exactly 0 where the mask is False."""
+  return jax.tree.map(
+      lambda m, u, p: u if m is None else jnp.where(m, u, -p.astype(u.dtype)),
+      masks,
+      updates,
+      params,
+      is_leaf=lambda x: x is None,
+  )
+
+
+def prune(
+    inner: optax.GradientTransformation,
+    *,
+    criterion: criteria_lib.Criterion,
+    schedule: schedules_lib.Schedule,
+    allocation: str = "global",
+    prunable: _trees.PrunablePredicate | None = None,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  """Wraps ``inner`` so that it prunes the params on a schedule.
+
+  At every step where ``schedule`` raises the target sparsity, the masks are
+  recomputed inside the jitted update: ``criterion`` scores the weights, the
+  scores of already-pruned weights are ignored, and exactly the required
+  number of weights is kept per ranked group (ties broken by flat index).
+  At every step the gradients of pruned weights are zeroed before ``inner``
+  sees them, and its updates are masked so that ``params + updates`` is
+  exactly 0.0 where a mask is False, whatever ``inner`` does (momentum,
+  Adam moments, decoupled weight decay).  No second call is needed after
+  ``optax.apply_updates``.
+
+  Selection rules:
+
+  - A group of ``n`` weights at sparsity ``s`` keeps ``n - round(s * n)``
+    (Python's round, half to even).  Groups are all prunable weights for
+    ``"global"``, each tensor for ``"layerwise"`` and ``"erk"``.
+  - No tensor is emptied unless the sparsity is 1: in the per-tensor
+    allocations a tensor keeps at least one weight; under ``"global"`` each
+    tensor's best surviving weight is always kept, and a global sparsity
+    that leaves fewer weights than tensors raises at ``init``.
+  - A pruned weight stays pruned.  A NaN score ranks below every real score
+    and is counted in ``PruneState.nan_scores``.
+
+  Args:
+    inner: any optax transformation, e.g. ``optax.adamw(1e-3)``.
+    criterion: ``(params, grads, key) -> scores``, e.g.
+      :func:`jaxprune.criteria.magnitude`.
+    schedule: a :class:`jaxprune.schedules.Schedule`.
+    allocation: ``"global"``, ``"layerwise"`` or ``"erk"``.
+    prunable: ``(path, leaf) -> bool`` selecting the leaves to prune; by
+      default floating leaves with ``ndim >= 2`` (dense and conv kernels).
+    seed: seeds the key given to the criterion.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
+    ``params`` and forwards extra arguments to ``inner``.
+
+  Raises:
+    ValueError: unknown allocation; at ``init``: a predicate that selects
+      nothing, NaN or inf in prunable params, a global sparsity that would
+      empty a tensor; at ``update``: trees that do not match.
+    TypeError: a schedule that is not a ``Schedule``, a criterion that is not
+      callable, a non-integer seed; at ``init``: non-float prunable leaves.
+  """
+  _allocation.check_allocation(allocation)
+  if not isinstance(schedule, schedules_lib.Schedule):
+    raise TypeError(
+        "schedule must be a jaxprune.schedules.Schedule (one_shot, "
+        f"polynomial, constant or piecewise), got {type(schedule).__name__}"
+    )
+  if not callable(criterion):
+    raise TypeError(f"criterion must be callable, got {criterion!r}")
+  if prunable is not None and not callable(prunable):
+    raise TypeError(f"prunable must be a (path, leaf) -> bool function, got {prunable!r}")
+  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    raise TypeError(f"seed must be an integer, got {seed!r}")
+  inner = optax.with_extra_args_support(inner)
+
+  def plan_for(params) -> _Plan:
+    return _make_plan(params, prunable, schedule, allocation)
+
+  def init_fn(params):
+    plan = plan_for(params)
+    _check_finite(params, plan)
+    masks = jax.tree.map(
+        lambda flag, p: jnp.ones_like(p, dtype=jnp.bool_) if flag else None,
+        plan.prunable,
+        params,
+    )
+    return PruneState(
+        step=jnp.zeros((), jnp.int32),
+        level=jnp.full((), -1, jnp.int32),
+        masks=masks,
+        key=jax.random.key_data(jax.random.key(seed)),
+        nan_scores=jnp.zeros((), jnp.int32),
+        inner_state=inner.init(params),
+    )
+
+  def refreshed_masks(state: PruneState, params, grads, plan: _Plan, level):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    scores = criterion(params, grads, key)
+    _trees.check_same_structure(params, scores, "the criterion's scores")
+    old = _mask_leaves(state.masks)
+    new_scores = _prunable_leaves(scores, plan)
+    for path, score, mask in zip(plan.paths, new_scores, old):
+      if jnp.shape(score) != mask.shape:
+        raise ValueError(
+            f"the criterion's score for {_trees.path_string(path)} has shape "
+            f"{jnp.shape(score)}, expected {mask.shape}"
+        )
+    keys = [_selection.ranking_keys(s, m) for s, m in zip(new_scores, old)]
+    if allocation == "global":
+      keys = [_with_best_forced(k) for k in keys]
+    kept = _selection.keep_top_k(
+        keys, plan.group_ids, plan.group_sizes, jnp.asarray(plan.kept)[level]
+    )
+    new = [k & m for k, m in zip(kept, old)]
+    nan_scores = sum(
+        jnp.sum(jnp.isnan(s) & m, dtype=jnp.int32)
+        for s, m in zip(new_scores, old)
+    )
+    masks = jax.tree.unflatten(jax.tree.structure(state.masks), new)
+    return masks, nan_scores
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(
+          "jaxprune.prune needs the current params: call "
+          "tx.update(grads, opt_state, params)"
+      )
+    _trees.check_same_structure(params, updates, "the updates (gradients)")
+    plan = plan_for(params)
+    expected_masks = jax.tree.map(
+        lambda flag, p: p if flag else None, plan.prunable, params
+    )
+    _trees.check_same_structure(
+        expected_masks, state.masks, "the masks in the optimizer state"
+    )
+    for path, mask, leaf in zip(
+        plan.paths, _mask_leaves(state.masks), _prunable_leaves(params, plan)
+    ):
+      if mask.shape != jnp.shape(leaf):
+        raise ValueError(
+            f"the mask of {_trees.path_string(path)} has shape {mask.shape} "
+            f"but the param has shape {jnp.shape(leaf)}"
+        )
+    masks, nan_scores = state.masks, state.nan_scores
+    if schedule.steps:
+      level = schedule.level(state.step)
+      masks, nan_scores = lax.cond(
+          level > state.level,
+          lambda: refreshed_masks(state, params, updates, plan, level),
+          lambda: (state.masks, state.nan_scores),
+      )
+      new_level = jnp.maximum(level, state.level)
+    else:
+      new_level = state.level
+    inner_updates, inner_state = inner.update(
+        _mask_gradients(masks, updates), state.inner_state, params, **extra_args
+    )
+    updates = _zero_pruned_params(masks, inner_updates, params)
+    new_state = PruneState(
+        step=optax.safe_increment(state.step),
+        level=new_level,
+        masks=masks,
+        key=state.key,
+        nan_scores=nan_scores,
+        inner_state=inner_state,
+    )
+    return updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

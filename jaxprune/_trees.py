@@ -1,0 +1,77 @@
+"""Which leaves of a parameter tree are prunable, and their readable paths.
+
+A *prunable predicate* is a function ``(path, leaf) -> bool`` in the manner
+of Flax's filters; ``path`` is a tuple of the dict keys, attribute names and
+sequence indices that lead to the leaf, e.g. ``('Dense_0', 'kernel')``.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from jaxprune import _trees
+  >>> params = {'dense': {'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)}}
+  >>> _trees.prunable_mask(params, None)
+  {'dense': {'bias': False, 'kernel': True}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Path = tuple[Hashable, ...]
+PrunablePredicate = Callable[[Path, Any], bool]
+
+
+def default_prunable(path: Path, leaf: Any) -> bool:
+  """Floating leaves with ``ndim >= 2``: the kernels of dense and conv layers."""
+  del path
+  return jnp.issubdtype(jnp.result_type(leaf), jnp.floating) and np.ndim(
+      leaf
+  ) >= 2
+
+
+def _key_name(entry: Any) -> Hashable:
+  for attribute in ("key", "name", "idx"):
+    if hasattr(entry, attribute):
+      return getattr(entry, attribute)
+  return str(entry)
+
+
+def readable_path(path: tuple[Any, ...]) -> Path:
+  """Turns a JAX key path into a tuple of plain keys, names and indices."""
+  return tuple(_key_name(entry) for entry in path)
+
+
+def path_string(path: Path) -> str:
+  """``('Dense_0', 'kernel')`` -> ``'Dense_0/kernel'``, for messages."""
+  return "/".join(str(p) for p in path) or "<root>"
+
+
+def prunable_mask(params: Any, prunable: PrunablePredicate | None) -> Any:
+  """A tree of Python bools: which leaves of ``params`` are prunable."""
+  predicate = default_prunable if prunable is None else prunable
+
+  def decide(path, leaf):
+    return bool(predicate(readable_path(path), leaf))
+
+  return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def leaves_with_paths(tree: Any) -> list[tuple[Path, Any]]:
+  """The leaves of ``tree`` with their readable paths, in tree order."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(readable_path(path), leaf) for path, leaf in flat]
+
+
+def check_same_structure(expected: Any, actual: Any, what: str) -> None:
+  """Raises ``ValueError`` naming ``what`` if the two trees differ in structure."""
+  expected_def = jax.tree.structure(expected)
+  actual_def = jax.tree.structure(actual)
+  if expected_def != actual_def:
+    raise ValueError(
+        f"{what} does not have the structure of the parameters given to "
+        f"init.\n  expected: {expected_def}\n  got:      {actual_def}"
+    )

@@ -1,0 +1,190 @@
+"""Sparsity schedules: the target sparsity as a pure function of the step.
+
+Every schedule here is piecewise constant: the target changes only at the
+steps where the mask is updated, and :func:`jaxprune.prune` updates the mask
+exactly there.  The levels are known on the host when the schedule is made,
+so the number of weights each tensor keeps is computed exactly, in Python,
+before anything is traced.
+
+Example:
+  >>> import jaxprune
+  >>> schedule = jaxprune.schedules.polynomial(
+  ...     final_sparsity=0.9, begin_step=0, end_step=300, frequency=100)
+  >>> schedule.steps  # the level 0.0 at step 0 changes nothing and is dropped
+  (100, 200, 300)
+  >>> [round(s, 4) for s in schedule.sparsities]
+  [0.6333, 0.8667, 0.9]
+  >>> float(schedule(250))
+  0.8666...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Schedule", "constant", "one_shot", "piecewise", "polynomial"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """A piecewise-constant sparsity schedule.
+
+  Attributes:
+    steps: strictly increasing steps at which the target sparsity changes
+      (the mask update steps).
+    sparsities: the target sparsity from each of those steps on; strictly
+      increasing, each in ``[0, 1]``.  Before ``steps[0]`` the target is 0.
+  """
+
+  steps: tuple[int, ...]
+  sparsities: tuple[float, ...]
+
+  def level(self, step: jax.typing.ArrayLike) -> jax.Array:
+    """Index of the level in force at ``step``; -1 before the first one."""
+    if not self.steps:
+      return jnp.full(jnp.shape(step), -1, jnp.int32)
+    boundaries = jnp.asarray(self.steps, jnp.int32)
+    passed = jnp.asarray(step)[..., None] >= boundaries
+    return jnp.sum(passed, axis=-1, dtype=jnp.int32) - 1
+
+  def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
+    """The target sparsity at ``step`` (works under jit)."""
+    level = self.level(step)
+    if not self.steps:
+      return jnp.zeros(jnp.shape(step), jnp.float32)
+    table = jnp.asarray(self.sparsities, jnp.float32)
+    return jnp.where(level >= 0, table[jnp.maximum(level, 0)], 0.0)
+
+
+def _check_sparsity(value: float, name: str) -> float:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{name} must be a real number, got {value!r}")
+  value = float(value)
+  if not 0.0 <= value <= 1.0:  # also rejects NaN
+    raise ValueError(f"{name} must be in [0, 1], got {value}")
+  return value
+
+
+def _check_step(value: int, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an integer step, got {value!r}")
+  if value < 0:
+    raise ValueError(f"{name} must be >= 0, got {value}")
+  return int(value)
+
+
+def piecewise(steps: Sequence[int], sparsities: Sequence[float]) -> Schedule:
+  """A schedule that moves to ``sparsities[i]`` at ``steps[i]``.
+
+  Levels that do not raise the sparsity (a leading 0, a repeated value) need
+  no mask update and are dropped.
+
+  Args:
+    steps: strictly increasing, non-negative steps.
+    sparsities: non-decreasing sparsities in ``[0, 1]``, one per step.
+
+  Returns:
+    A :class:`Schedule`.
+
+  Raises:
+    ValueError: mismatched lengths, steps not increasing, a sparsity outside
+      ``[0, 1]`` or decreasing (a pruned weight cannot come back).
+  """
+  steps = [_check_step(s, "step") for s in steps]
+  sparsities = [_check_sparsity(s, "sparsity") for s in sparsities]
+  if len(steps) != len(sparsities):
+    raise ValueError(
+        f"got {len(steps)} steps but {len(sparsities)} sparsities"
+    )
+  if any(b <= a for a, b in zip(steps, steps[1:])):
+    raise ValueError(f"steps must be strictly increasing, got {steps}")
+  if any(b < a for a, b in zip(sparsities, sparsities[1:])):
+    raise ValueError(
+        "sparsities must not decrease (a pruned weight stays pruned), got "
+        f"{sparsities}"
+    )
+  kept_steps, kept_levels, previous = [], [], 0.0
+  for step, sparsity in zip(steps, sparsities):
+    if sparsity > previous:
+      kept_steps.append(step)
+      kept_levels.append(sparsity)
+      previous = sparsity
+  return Schedule(tuple(kept_steps), tuple(kept_levels))
+
+
+def constant(sparsity: float) -> Schedule:
+  """A fixed mask at ``sparsity``, chosen at the first step (step 0)."""
+  return piecewise([0], [_check_sparsity(sparsity, "sparsity")])
+
+
+def one_shot(sparsity: float, at_step: int) -> Schedule:
+  """Prunes once, to ``sparsity``, at ``at_step``."""
+  return piecewise(
+      [_check_step(at_step, "at_step")], [_check_sparsity(sparsity, "sparsity")]
+  )
+
+
+def polynomial(
+    final_sparsity: float,
+    begin_step: int,
+    end_step: int,
+    frequency: int,
+    initial_sparsity: float = 0.0,
+    power: float = 3,
+) -> Schedule:
+  """Gradual pruning of Zhu & Gupta (2017).
+
+  At ``t = begin_step, begin_step + frequency, ...`` and at ``end_step``
+  (always, so that the final sparsity is reached), the target becomes
+
+      s_t = s_f + (s_i - s_f) * (1 - (t - begin_step) / (end_step - begin_step)) ** power
+
+  Args:
+    final_sparsity: ``s_f``, reached at ``end_step``.
+    begin_step: the first update step.
+    end_step: the last update step; greater than ``begin_step``.
+    frequency: steps between updates, at least 1.
+    initial_sparsity: ``s_i``, the target at ``begin_step``; at most
+      ``final_sparsity``.
+    power: the exponent, 3 in the paper; positive.
+
+  Returns:
+    A :class:`Schedule`.
+
+  References:
+    Zhu & Gupta, `To prune, or not to prune
+    <https://arxiv.org/abs/1710.01878>`_, 2017.
+  """
+  final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
+  initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
+  begin_step = _check_step(begin_step, "begin_step")
+  end_step = _check_step(end_step, "end_step")
+  if end_step <= begin_step:
+    raise ValueError(
+        f"end_step ({end_step}) must be greater than begin_step ({begin_step})"
+    )
+  if isinstance(frequency, bool) or not isinstance(frequency, numbers.Integral):
+    raise TypeError(f"frequency must be an integer, got {frequency!r}")
+  if frequency < 1:
+    raise ValueError(f"frequency must be >= 1, got {frequency}")
+  if not (isinstance(power, numbers.Real) and math.isfinite(power) and power > 0):
+    raise ValueError(f"power must be a positive number, got {power!r}")
+  if initial_sparsity > final_sparsity:
+    raise ValueError(
+        f"initial_sparsity ({initial_sparsity}) must not exceed "
+        f"final_sparsity ({final_sparsity})"
+    )
+  steps = list(range(begin_step, end_step, int(frequency))) + [end_step]
+  span = end_step - begin_step
+  sparsities = [
+      final_sparsity
+      + (initial_sparsity - final_sparsity) * (1 - (t - begin_step) / span) ** power
+      for t in steps
+  ]
+  return piecewise(steps, sparsities)

@@ -1,0 +1,127 @@
+"""Exact top-k selection against a numpy sort, ties and NaN included."""
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference
+from jaxprune import _selection
+
+# Few distinct values so that ties are common; NaN, infinities and -0.0 too.
+_VALUES = [0.0, -0.0, 1.0, -1.0, 2.5, 1e-30, np.inf, -np.inf, np.nan, 7.0]
+
+
+# A few fixed layouts keep compilations few; hypothesis varies the values.
+_LAYOUTS = [
+    [(5,)],
+    [(3, 4), (7,)],
+    [(2, 3, 2), (1,), (4, 1)],
+]
+
+
+@st.composite
+def _problems(draw):
+  shapes = draw(st.sampled_from(_LAYOUTS))
+  scores = [
+      draw(hnp.arrays(np.float32, s, elements=st.sampled_from(_VALUES)))
+      for s in shapes
+  ]
+  alive = [draw(hnp.arrays(np.bool_, s)) for s in shapes]
+  one_group = draw(st.booleans())
+  group_ids = [0] * len(shapes) if one_group else list(range(len(shapes)))
+  sizes = [0] * (max(group_ids) + 1)
+  for g, s in zip(group_ids, scores):
+    sizes[g] += s.size
+  kept = [draw(st.integers(0, n)) for n in sizes]
+  force_best = draw(st.booleans())
+  return scores, alive, group_ids, sizes, kept, force_best
+
+
+def _select(scores, alive, group_ids, sizes, kept, force_best):
+  keys = [
+      _selection.ranking_keys(jnp.asarray(s), jnp.asarray(a))
+      for s, a in zip(scores, alive)
+  ]
+  if force_best:
+    from jaxprune._pruning import _with_best_forced
+
+    keys = [_with_best_forced(k) for k in keys]
+  return _selection.keep_top_k(keys, group_ids, sizes, jnp.asarray(kept))
+
+
+@hypothesis.given(_problems())
+@hypothesis.settings(max_examples=100)
+def test_matches_numpy_sort(problem):
+  scores, alive, group_ids, sizes, kept, force_best = problem
+  got = jax.jit(_select, static_argnums=(2, 3, 5))(
+      scores, alive, tuple(group_ids), tuple(sizes), kept, force_best
+  )
+  want = reference.keep_top_k(scores, alive, group_ids, kept, force_best)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), w)
+
+
+@hypothesis.given(_problems())
+@hypothesis.settings(max_examples=10)
+def test_jit_and_no_jit_agree(problem):
+  scores, alive, group_ids, sizes, kept, force_best = problem
+  jitted = jax.jit(_select, static_argnums=(2, 3, 5))(
+      scores, alive, tuple(group_ids), tuple(sizes), kept, force_best
+  )
+  with jax.disable_jit():
+    eager = _select(scores, alive, tuple(group_ids), tuple(sizes), kept, force_best)
+  for a, b in zip(jitted, eager):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_exact_count_on_many_random_scores():
+  rng = np.random.default_rng(0)
+  scores = [rng.normal(size=(300, 200)).astype(np.float32),
+            rng.normal(size=(1000,)).astype(np.float32)]
+  alive = [np.ones(s.shape, bool) for s in scores]
+  for k in [0, 1, 12345, 60999, 61000]:
+    got = _select(scores, alive, (0, 0), (61000,), [k], False)
+    assert sum(int(g.sum()) for g in got) == k
+    want = reference.keep_top_k(scores, alive, [0, 0], [k])
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def test_all_equal_scores_keep_the_lowest_indices():
+  scores = [np.full((4, 5), 3.0, np.float32)]
+  got, = _select(scores, [np.ones((4, 5), bool)], (0,), (20,), [7], False)
+  assert np.asarray(got).ravel().tolist() == [True] * 7 + [False] * 13
+
+
+def test_keys_follow_float_order():
+  # Normal numbers only: XLA may flush subnormals to zero, ranking them as 0.0.
+  values = np.array(
+      [-np.inf, -3e38, -1.0, -2e-38, -0.0, 0.0, 2e-38, 1.0, 3e38, np.inf],
+      np.float32,
+  )
+  keys = np.asarray(_selection.ranking_keys(jnp.asarray(values), jnp.ones(10, bool)))
+  assert keys.dtype == np.uint32
+  assert keys[4] == keys[5]  # -0.0 ranks with 0.0
+  assert np.all(np.diff(np.delete(keys, 4).astype(np.int64)) > 0)
+
+
+def test_nan_ranks_with_minus_inf_and_above_pruned():
+  scores = jnp.array([np.nan, -np.inf, 0.5, 0.5], jnp.float32)
+  alive = jnp.array([True, True, True, False])
+  keys = np.asarray(_selection.ranking_keys(scores, alive))
+  assert keys[0] == keys[1] > keys[3] == _selection.PRUNED_KEY
+  assert keys[2] > keys[0]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_low_precision_scores(dtype):
+  scores = jnp.array([0.25, -4.0, 3.0, 1.0], dtype)
+  got, = _selection.keep_top_k(
+      [_selection.ranking_keys(scores, jnp.ones(4, bool))], (0,), (4,),
+      jnp.array([2]),
+  )
+  assert np.asarray(got).tolist() == [False, False, True, True]
