@@ -50,8 +50,8 @@ class Schedule:
     if not self.steps:
       return jnp.full(jnp.shape(step), -1, jnp.int32)
     boundaries = jnp.asarray(self.steps, jnp.int32)
-    passed = jnp.asarray(step)[..., None] >= boundaries
-    return jnp.sum(passed, axis=-1, dtype=jnp.int32) - 1
+    passed = jnp.searchsorted(boundaries, jnp.asarray(step, jnp.int32), "right")
+    return passed.astype(jnp.int32) - 1
 
   def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
     """The target sparsity at ``step`` (works under jit)."""

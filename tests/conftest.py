@@ -1,12 +1,24 @@
-"""Test-wide settings: strict promotion catches silent dtype and rank bugs."""
+"""Test-wide settings: promotion checks catch silent broadcasting and dtype bugs.
 
-import jax
+Rank promotion raises everywhere.  Strict dtype promotion is on for the
+modules that test jaxprune's own code alone (``pytestmark =
+pytest.mark.usefixtures("strict_dtypes")``); optax's optimizers themselves
+rely on standard promotion, so tests that run them keep it.
+"""
+
 import hypothesis
+import jax
+import pytest
 
-jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 hypothesis.settings.register_profile(
     "jaxprune", deadline=None, max_examples=40, derandomize=True
 )
 hypothesis.settings.load_profile("jaxprune")
+
+
+@pytest.fixture
+def strict_dtypes():
+  with jax.numpy_dtype_promotion("strict"):
+    yield

@@ -11,6 +11,8 @@ import pytest
 import reference
 from jaxprune import _selection
 
+pytestmark = pytest.mark.usefixtures("strict_dtypes")
+
 # Few distinct values so that ties are common; NaN, infinities and -0.0 too.
 _VALUES = [0.0, -0.0, 1.0, -1.0, 2.5, 1e-30, np.inf, -np.inf, np.nan, 7.0]
 
