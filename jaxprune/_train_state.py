@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 from flax.training import train_state
 
 from jaxprune import _inspect
@@ -27,7 +28,15 @@ class TrainState(train_state.TrainState):
 
   Use it exactly like Flax's: ``apply_gradients`` runs the pruning
   optimizer's update, which keeps pruned weights at zero by itself.
+  ``create`` stores ``step`` as an int32 array (Flax stores a Python int),
+  so a jitted train step sees the same input types from the first call on
+  and compiles once.
   """
+
+  @classmethod
+  def create(cls, *, apply_fn, params, tx, **kwargs):
+    state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
+    return state.replace(step=jnp.asarray(state.step, jnp.int32))
 
   @property
   def masks(self) -> Any:

@@ -1,0 +1,104 @@
+"""masks_of finds the masks wherever the state sits; sparsity against numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxprune
+from jaxprune import criteria, schedules
+
+_PARAMS = {
+    "dense": {"kernel": jnp.arange(1.0, 13.0).reshape(3, 4), "bias": jnp.ones(4)},
+    "out": {"kernel": jnp.arange(1.0, 9.0).reshape(4, 2)},
+}
+
+
+def _prune(inner):
+  return jaxprune.prune(inner, criterion=criteria.magnitude,
+                        schedule=schedules.constant(0.5))
+
+
+def _step(tx):
+  state = tx.init(_PARAMS)
+  grads = jax.tree.map(jnp.ones_like, _PARAMS)
+  _, state = jax.jit(tx.update)(grads, state, _PARAMS)
+  return state
+
+
+def _check(masks):
+  assert masks["dense"]["bias"] is None
+  assert masks["dense"]["kernel"].shape == (3, 4)
+  assert masks["dense"]["kernel"].dtype == jnp.bool_
+  # 20 weights, 10 kept: magnitudes 12..9 of 'dense', then the pairs 8, 7, 6
+  # that 'dense' and 'out' share.
+  np.testing.assert_array_equal(
+      np.asarray(masks["dense"]["kernel"]).ravel(), [False] * 5 + [True] * 7
+  )
+  np.testing.assert_array_equal(
+      np.asarray(masks["out"]["kernel"]).ravel(), [False] * 5 + [True] * 3
+  )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _prune(optax.adam(1e-3)),
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), _prune(optax.adam(1e-3))),
+        lambda: _prune(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))),
+        lambda: _prune(optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)),
+        lambda: optax.inject_hyperparams(
+            lambda learning_rate: _prune(optax.adam(learning_rate))
+        )(learning_rate=1e-3),
+        lambda: optax.chain(optax.add_decayed_weights(1e-4),
+                            _prune(optax.sgd(0.1, momentum=0.9))),
+    ],
+    ids=["plain", "in-chain", "wrapping-chain", "wrapping-inject",
+         "inside-inject", "after-weight-decay"],
+)
+def test_masks_of_finds_the_state(make):
+  _check(jaxprune.masks_of(_step(make())))
+
+
+def test_masks_of_without_pruning_state():
+  with pytest.raises(ValueError, match="no pruning state"):
+    jaxprune.masks_of(optax.adam(1e-3).init(_PARAMS))
+
+
+def test_masks_of_with_two_pruning_states():
+  tx = optax.chain(_prune(optax.sgd(0.1)), _prune(optax.sgd(0.1)))
+  with pytest.raises(ValueError, match="found 2 pruning states"):
+    jaxprune.masks_of(tx.init(_PARAMS))
+
+
+def test_sparsity_of_params_and_masks_against_numpy():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(6, 7)).astype(np.float32)
+  a[rng.random((6, 7)) < 0.4] = 0
+  b = rng.normal(size=(5, 2, 3)).astype(np.float32)
+  b[rng.random((5, 2, 3)) < 0.8] = 0
+  params = {"a": jnp.asarray(a), "b": jnp.asarray(b), "bias": jnp.zeros(7)}
+  report = jax.jit(jaxprune.sparsity)(params)
+  want = ((a == 0).sum() + (b == 0).sum()) / (a.size + b.size)
+  assert float(report.global_sparsity) == pytest.approx(want)
+  assert float(report.per_leaf["a"]) == pytest.approx((a == 0).mean())
+  assert float(report.per_leaf["b"]) == pytest.approx((b == 0).mean())
+  assert report.per_leaf["bias"] is None
+
+  masks = {"a": jnp.asarray(a != 0), "b": jnp.asarray(b != 0), "bias": None}
+  from_masks = jaxprune.sparsity(masks)
+  assert float(from_masks.global_sparsity) == pytest.approx(want)
+  assert from_masks.per_leaf["bias"] is None
+
+
+def test_sparsity_with_a_predicate():
+  params = {"a": jnp.zeros((2, 2)), "bias": jnp.array([0.0, 1.0])}
+  report = jaxprune.sparsity(params, prunable=lambda path, leaf: True)
+  assert float(report.global_sparsity) == pytest.approx(5 / 6)
+  assert float(report.per_leaf["bias"]) == 0.5
+
+
+def test_sparsity_of_nothing():
+  with pytest.raises(ValueError, match="counted no leaf"):
+    jaxprune.sparsity({"bias": jnp.zeros(3)})
