@@ -1,0 +1,1 @@
+"""Throughput benchmarks; run from the repository root."""

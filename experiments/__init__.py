@@ -1,0 +1,1 @@
+"""Experiments reproducing the papers' claims; run from the repository root."""

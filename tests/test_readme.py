@@ -1,0 +1,34 @@
+"""The README's quick start is experiments/quickstart.py, and it runs as printed."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _blocks(language):
+  text = (_ROOT / "README.md").read_text()
+  return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_quick_start_is_the_script():
+  script = (_ROOT / "experiments" / "quickstart.py").read_text()
+  assert _blocks("python")[0] == script
+
+
+def test_quick_start_runs_as_printed():
+  result = subprocess.run(
+      [sys.executable, "experiments/quickstart.py"],
+      cwd=_ROOT, capture_output=True, text=True, timeout=300, check=True,
+  )
+  assert "sparsity 0.900" in result.stdout, result.stdout
+
+
+def test_ci_runs_the_readme_test_command():
+  commands = _blocks("bash")
+  test_command = next(c for c in commands if "pytest" in c).strip()
+  ci = (_ROOT / ".ci" / "run").read_text()
+  assert test_command.split("&& ")[-1] in ci  # python -m pytest
+  assert "-e '.[test]'" in ci
