@@ -329,3 +329,57 @@ def test_criterion_returning_the_wrong_tree():
   tx = _tx(criterion=lambda p, g, k: {"oops": 1.0})
   with pytest.raises(ValueError, match="criterion's scores"):
     tx.update(params, tx.init(params), params)
+
+
+# --------------------------------------------------- random trees (hypothesis)
+
+import hypothesis
+import hypothesis.strategies as st
+
+
+@st.composite
+def _random_problem(draw):
+  num_leaves = draw(st.integers(1, 3))
+  shapes = [
+      tuple(draw(st.lists(st.integers(1, 7), min_size=2, max_size=3)))
+      for _ in range(num_leaves)
+  ]
+  allocation = draw(st.sampled_from(["global", "layerwise", "erk"]))
+  total = sum(math.prod(s) for s in shapes)
+  sparsity = draw(st.floats(0.0, 1.0))
+  if allocation == "global" and sparsity < 1.0:
+    hypothesis.assume(total - round(sparsity * total) >= num_leaves)
+  seed = draw(st.integers(0, 2**16))
+  return shapes, allocation, sparsity, seed
+
+
+@hypothesis.given(_random_problem())
+@hypothesis.settings(max_examples=15)
+def test_random_trees_get_exact_masks(problem):
+  shapes, allocation, sparsity, seed = problem
+  rng = np.random.default_rng(seed)
+  # Values from a small set, so that ties are common.
+  params = {
+      f"layer{i}": {"kernel": jnp.asarray(rng.choice([-2.0, -1.0, 0.5, 1.0, 3.0], s)
+                                          .astype(np.float32)),
+                    "bias": jnp.zeros(s[-1])}
+      for i, s in enumerate(shapes)
+  }
+  tx = jaxprune.prune(optax.adam(1e-2), criterion=criteria.magnitude,
+                      schedule=schedules.constant(sparsity), allocation=allocation)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(_grads(params, seed), state, params)
+  new_params = optax.apply_updates(params, updates)
+  masks = jaxprune.masks_of(state)
+  names = sorted(params)
+  kept = _expected_kept(sparsity, [params[n]["kernel"].shape for n in names], allocation)
+  group_ids = [0] * len(names) if allocation == "global" else list(range(len(names)))
+  want = reference.keep_top_k(
+      [np.abs(params[n]["kernel"]) for n in names],
+      [np.ones(params[n]["kernel"].shape, bool) for n in names],
+      group_ids, kept, force_best=allocation == "global",
+  )
+  for n, w in zip(names, want):
+    np.testing.assert_array_equal(np.asarray(masks[n]["kernel"]), w)
+    assert np.all(np.asarray(new_params[n]["kernel"])[~w] == 0.0)
+    assert masks[n]["bias"] is None
