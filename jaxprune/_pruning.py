@@ -150,6 +150,23 @@ def _with_best_forced(keys: jax.Array) -> jax.Array:
   return flat.at[best].set(forced).reshape(keys.shape)
 
 
+def _apply_if(predicate: jax.Array, fn, operand):
+  """``fn(operand)`` if ``predicate`` else ``operand``, updating in place.
+
+  A while loop of zero or one trip: XLA keeps a loop's carry in the buffers
+  it came in, so a step that does not update the masks touches nothing,
+  where ``lax.cond`` would copy the masks into fresh buffers at every step.
+  """
+
+  def body(carry):
+    pending, value = carry
+    del pending
+    return jnp.zeros((), jnp.bool_), fn(value)
+
+  _, result = lax.while_loop(lambda carry: carry[0], body, (predicate, operand))
+  return result
+
+
 def _mask_gradients(masks, grads):
   return jax.tree.map(
       lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
@@ -309,10 +326,13 @@ def prune(
     masks, nan_scores = state.masks, state.nan_scores
     if schedule.steps:
       level = schedule.level(state.step)
-      masks, nan_scores = lax.cond(
+      masks, nan_scores = _apply_if(
           level > state.level,
-          lambda: refreshed_masks(state, params, updates, plan, level),
-          lambda: (state.masks, state.nan_scores),
+          lambda masks_and_count: refreshed_masks(
+              state._replace(masks=masks_and_count[0]), params, updates, plan,
+              level,
+          ),
+          (state.masks, state.nan_scores),
       )
       new_level = jnp.maximum(level, state.level)
     else:

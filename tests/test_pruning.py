@@ -244,6 +244,23 @@ def test_extra_args_reach_the_inner_optimizer():
   assert float(state.inner_state[1].best_value) == 3.0
 
 
+def test_update_is_differentiable():
+  # Meta-learning differentiates through optimizer updates; the mask update
+  # must not get in the way.
+  params = {"w": jnp.arange(1.0, 10.0).reshape(3, 3)}
+  tx = jaxprune.prune(optax.sgd(0.1), criterion=criteria.magnitude,
+                      schedule=schedules.constant(0.5))
+  state = tx.init(params)
+
+  def loss(p):
+    updates, _ = tx.update(jax.tree.map(lambda x: 2.0 * x, p), state, p)
+    return jnp.sum(optax.apply_updates(p, updates)["w"] ** 2)
+
+  # Kept weights (5..9) become 0.8 w, so d/dw sum((0.8 w)^2) = 1.28 w.
+  want = np.where(np.arange(1.0, 10.0) >= 5, 1.28 * np.arange(1.0, 10.0), 0.0)
+  np.testing.assert_allclose(jax.grad(loss)(params)["w"].ravel(), want, rtol=1e-6)
+
+
 # ----------------------------------------------------------------- bad input
 
 
