@@ -72,6 +72,6 @@ def check_same_structure(expected: Any, actual: Any, what: str) -> None:
   actual_def = jax.tree.structure(actual)
   if expected_def != actual_def:
     raise ValueError(
-        f"{what} does not have the structure of the parameters given to "
-        f"init.\n  expected: {expected_def}\n  got:      {actual_def}"
+        f"{what} does not have the structure of the params.\n"
+        f"  expected: {expected_def}\n  got:      {actual_def}"
     )

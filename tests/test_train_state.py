@@ -32,6 +32,7 @@ def test_train_state_exposes_masks_and_keeps_pruned_weights_zero():
     state = step(state)
   mask = np.asarray(state.masks["kernel"])
   assert state.masks["bias"] is None
+  np.testing.assert_array_equal(jaxprune.masks_of(state)["kernel"], mask)
   assert mask.sum() == 40 - 30
   assert np.all(np.asarray(state.params["kernel"])[~mask] == 0)
   assert int(state.step) == 4
