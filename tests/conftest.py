@@ -22,3 +22,14 @@ hypothesis.settings.load_profile("jaxprune")
 def strict_dtypes():
   with jax.numpy_dtype_promotion("strict"):
     yield
+
+
+@pytest.fixture(scope="session")
+def data_dirs(tmp_path_factory):
+  """The shared IDX files and a writable TFDS directory, prepared once."""
+  import pathlib
+
+  source = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+  if not (source / "mnist").is_dir():
+    pytest.skip(f"the shared data sets are not at {source}")
+  return str(source), str(tmp_path_factory.mktemp("tfds"))

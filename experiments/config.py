@@ -1,0 +1,139 @@
+"""Experiment configurations: a dataclass, named presets, and overrides.
+
+A run is described by one :class:`Config`.  ``python -m experiments.run``
+takes a preset name from :data:`PRESETS` or a JSON file, then ``key=value``
+overrides, e.g. ``--set sparsity=0.95 --set steps=2000``.
+
+Example:
+  >>> from experiments import config
+  >>> c = config.resolve("lenet300_mnist", ["sparsity=0.95", "method=random"])
+  >>> (c.model, c.dataset, c.sparsity, c.method)
+  ('lenet300100', 'mnist', 0.95, 'random')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import typing
+from collections.abc import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that defines a run; two runs with equal configs are equal."""
+
+  name: str = "custom"
+  dataset: str = "mnist"
+  model: str = "lenet300100"
+  # Training.
+  steps: int = 1000
+  batch_size: int = 128
+  optimizer: str = "adam"  # adam | adamw | sgd
+  learning_rate: float = 1e-3
+  lr_schedule: str = "constant"  # constant | cosine
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  seed: int = 0
+  # Pruning.
+  method: str = "magnitude"  # see experiments.methods.METHODS
+  sparsity: float = 0.9
+  schedule: str = "polynomial"  # polynomial | one_shot | constant
+  begin_step: int = 0
+  end_step: int = 0  # 0: three quarters of the run
+  frequency: int = 100
+  allocation: str = "global"
+  # Bookkeeping.
+  log_every: int = 50
+  eval_every: int = 500  # 0: only at the end
+  eval_batch_size: int = 1000
+  checkpoint_every: int = 500  # 0: only at the end
+  # Data locations; None: the environment (JAXPRUNE_DATA_DIR,
+  # JAXPRUNE_TFDS_DIR) or the defaults of experiments.data.
+  source_dir: str | None = None
+  tfds_dir: str | None = None
+
+  def pruning_end_step(self) -> int:
+    return self.end_step or max(self.begin_step + 1, (3 * self.steps) // 4)
+
+
+_EPOCH = 60000 // 128  # 468 steps of batch 128 on MNIST
+
+PRESETS: dict[str, Config] = {
+    # The main job: LeNet-300-100 on MNIST, gradual magnitude pruning to 90%.
+    "lenet300_mnist": Config(
+        name="lenet300_mnist", steps=20 * _EPOCH, begin_step=_EPOCH,
+        end_step=12 * _EPOCH, frequency=100, eval_every=2 * _EPOCH,
+        checkpoint_every=4 * _EPOCH,
+    ),
+    # Its dense baseline, same length.
+    "lenet300_mnist_dense": Config(
+        name="lenet300_mnist_dense", method="dense", sparsity=0.0,
+        steps=20 * _EPOCH, eval_every=2 * _EPOCH, checkpoint_every=4 * _EPOCH,
+    ),
+    "lenet5_fashion": Config(
+        name="lenet5_fashion", dataset="fashion_mnist", model="lenet5",
+        steps=20 * _EPOCH, begin_step=_EPOCH, end_step=12 * _EPOCH,
+        eval_every=2 * _EPOCH, checkpoint_every=4 * _EPOCH,
+    ),
+    # A few steps, for smoke tests.
+    "smoke": Config(
+        name="smoke", steps=20, begin_step=5, end_step=15, frequency=5,
+        log_every=5, eval_every=10, checkpoint_every=10, eval_batch_size=2000,
+    ),
+}
+
+
+def _parse_value(field: dataclasses.Field, text: str):
+  hint = typing.get_type_hints(Config)[field.name]
+  if text.lower() in ("none", "null") and type(None) in typing.get_args(hint):
+    return None
+  base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+  try:
+    if base is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+      return text.lower() in ("true", "1")
+    return base(text)
+  except ValueError:
+    raise ValueError(
+        f"override {field.name}={text!r}: expected a {base.__name__}"
+    ) from None
+
+
+def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
+  """Applies ``key=value`` strings, converted to each field's type."""
+  fields = {f.name: f for f in dataclasses.fields(Config)}
+  changes = {}
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"override {item!r} is not of the form key=value")
+    if key not in fields:
+      raise ValueError(f"unknown config field {key!r}; fields: {sorted(fields)}")
+    changes[key] = _parse_value(fields[key], value)
+  return dataclasses.replace(config, **changes)
+
+
+def resolve(name_or_file: str, overrides: Sequence[str] = ()) -> Config:
+  """A preset name or a JSON file of fields, then the overrides."""
+  if name_or_file in PRESETS:
+    base = PRESETS[name_or_file]
+  elif pathlib.Path(name_or_file).is_file():
+    fields = json.loads(pathlib.Path(name_or_file).read_text())
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ValueError(f"{name_or_file}: unknown config fields {unknown}")
+    base = Config(**fields)
+  else:
+    raise ValueError(
+        f"{name_or_file!r} is neither a preset ({sorted(PRESETS)}) nor a "
+        "JSON config file"
+    )
+  return apply_overrides(base, overrides)
+
+
+def to_dict(config: Config) -> dict:
+  return dataclasses.asdict(config)

@@ -1,0 +1,248 @@
+"""Training and evaluation of one experiment: ``train_and_evaluate``.
+
+Writes into the work directory:
+
+- ``metrics.jsonl``: one JSON line per logged training step
+  (``{"kind": "train", "step", "loss", "accuracy", "sparsity"}``) and per
+  evaluation (``{"kind": "eval", "step", "test_loss", "test_accuracy",
+  "sparsity"}``);
+- ``summary.json``: final and best test accuracy, sparsity (global and per
+  layer), steps, wall time and the config;
+- ``training.png`` and ``layer_sparsity.png`` (see ``experiments.plots``);
+- ``checkpoints/``: Orbax checkpoints of the whole train state.
+
+Data parallel: the batch is split over all devices along a 1-D mesh axis
+``"data"`` and the train state is replicated, so the same code runs on one
+CPU, several (simulated) devices, a GPU or a TPU host.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from jax.sharding import NamedSharding, PartitionSpec
+
+import jaxprune
+from experiments import data
+from experiments import methods
+from experiments import models
+from experiments import plots
+from experiments.config import Config, to_dict
+
+
+class TrainState(jaxprune.TrainState):
+  """jaxprune's TrainState plus batch-norm statistics (empty if none)."""
+
+  batch_stats: Any = None
+
+
+def _optimizer(config: Config) -> optax.GradientTransformation:
+  if config.lr_schedule == "constant":
+    lr = config.learning_rate
+  elif config.lr_schedule == "cosine":
+    lr = optax.cosine_decay_schedule(config.learning_rate, config.steps)
+  else:
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
+  if config.optimizer == "adam":
+    inner = optax.adam(lr)
+  elif config.optimizer == "adamw":
+    inner = optax.adamw(lr, weight_decay=config.weight_decay)
+  elif config.optimizer == "sgd":
+    inner = optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(lr, momentum=config.momentum or None),
+    )
+  else:
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+  return methods.build(inner, config)
+
+
+def create_state(config: Config, model, sample: np.ndarray) -> TrainState:
+  """The initial train state, a pure function of the config's seed."""
+  variables = model.init(jax.random.key(config.seed), sample, train=False)
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      tx=_optimizer(config),
+      batch_stats=variables.get("batch_stats", {}),
+  )
+
+
+def _loss_and_accuracy(logits, labels, mask=None):
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  if mask is None:
+    return losses.mean(), correct.mean()
+  mask = mask.astype(jnp.float32)
+  return (losses * mask).sum(), (correct * mask).sum()
+
+
+def _train_step(state: TrainState, batch):
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["image"], train=True, mutable=["batch_stats"],
+    )
+    loss, accuracy = _loss_and_accuracy(logits, batch["label"])
+    return loss, (accuracy, updates.get("batch_stats", {}))
+
+  (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True
+  )(state.params)
+  state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+def _eval_step(state: TrainState, batch):
+  logits = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      batch["image"], train=False,
+  )
+  loss_sum, correct = _loss_and_accuracy(logits, batch["label"], batch["mask"])
+  return loss_sum, correct
+
+
+def _masks_or_params(state: TrainState):
+  """The masks if the optimizer prunes, else the params (dense runs)."""
+  try:
+    return state.masks
+  except ValueError:
+    return state.params
+
+
+def _layer_name(path) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def per_layer_sparsity(state: TrainState) -> dict[str, float]:
+  report = jaxprune.sparsity(_masks_or_params(state))
+  flat = jax.tree_util.tree_flatten_with_path(report.per_leaf)[0]
+  return {_layer_name(path): float(v) for path, v in flat}
+
+
+def evaluate(eval_step, state, split, config: Config, mesh) -> tuple[float, float]:
+  loss_sum, correct = 0.0, 0.0
+  for batch in data.eval_batches(split, config.eval_batch_size):
+    l, c = eval_step(state, data.shard(batch, mesh))
+    loss_sum += float(l)
+    correct += float(c)
+  n = len(split.labels)
+  return loss_sum / n, correct / n
+
+
+def _checkpoint_manager(workdir: pathlib.Path, config: Config):
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+  return ocp.CheckpointManager(workdir / "checkpoints", options=options)
+
+
+def _abstract(state, sharding):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state
+  )
+
+
+def train_and_evaluate(
+    config: Config, workdir: str | pathlib.Path, resume: bool = False,
+    progress: bool = True,
+) -> dict:
+  """Trains ``config`` and writes metrics, summary, plots and checkpoints.
+
+  Args:
+    config: the run.
+    workdir: output directory, created if needed.
+    resume: continue from the latest checkpoint in ``workdir``.
+    progress: show a progress bar.
+
+  Returns:
+    The summary, as written to ``summary.json``.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  started = time.perf_counter()
+  train_split = data.load(config.dataset, "train", source_dir=config.source_dir,
+                          tfds_dir=config.tfds_dir)
+  test_split = data.load(config.dataset, "test", source_dir=config.source_dir,
+                         tfds_dir=config.tfds_dir)
+  mesh = data.data_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  model = models.get_model(config.model, num_classes=10)
+  state = create_state(config, model, data.normalise(train_split.images[:1], config.dataset))
+  state = jax.device_put(state, replicated)
+
+  manager = _checkpoint_manager(workdir, config)
+  metrics_path = workdir / "metrics.jsonl"
+  if resume and manager.latest_step() is not None:
+    state = manager.restore(
+        manager.latest_step(),
+        args=ocp.args.StandardRestore(_abstract(state, replicated)),
+    )
+  elif metrics_path.exists():
+    metrics_path.unlink()  # a fresh run starts a fresh log
+
+  train_step = jax.jit(_train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+  eval_step = jax.jit(_eval_step)
+  first = int(state.step)
+  bar = tqdm.tqdm(total=config.steps, initial=first, disable=not progress,
+                  desc=config.name, unit="step", dynamic_ncols=True)
+  best_accuracy = 0.0
+  with open(metrics_path, "a") as log:
+
+    def write(record):
+      log.write(json.dumps(record) + "\n")
+      log.flush()
+
+    for step in range(first, config.steps):
+      batch = data.train_batch(train_split, config.batch_size, config.seed, step)
+      state, metrics = train_step(state, data.shard(batch, mesh))
+      done = step + 1
+      if done % config.log_every == 0 or done == config.steps:
+        sparsity = float(jaxprune.sparsity(_masks_or_params(state)).global_sparsity)
+        record = {"kind": "train", "step": done, "loss": float(metrics["loss"]),
+                  "accuracy": float(metrics["accuracy"]), "sparsity": sparsity}
+        write(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}",
+                        acc=f"{record['accuracy']:.3f}", sparsity=f"{sparsity:.3f}")
+      if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
+        test_loss, test_accuracy = evaluate(eval_step, state, test_split, config, mesh)
+        sparsity = float(jaxprune.sparsity(_masks_or_params(state)).global_sparsity)
+        write({"kind": "eval", "step": done, "test_loss": test_loss,
+               "test_accuracy": test_accuracy, "sparsity": sparsity})
+      if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+        manager.save(done, args=ocp.args.StandardSave(state))
+      bar.update(1)
+  bar.close()
+  manager.wait_until_finished()
+
+  records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+  evals = [r for r in records if r["kind"] == "eval"]
+  final = evals[-1] if evals else None
+  if final is None or final["step"] != config.steps:  # resumed at the end
+    test_loss, test_accuracy = evaluate(eval_step, state, test_split, config, mesh)
+    final = {"step": config.steps, "test_loss": test_loss, "test_accuracy": test_accuracy}
+  best_accuracy = max([r["test_accuracy"] for r in evals] + [final["test_accuracy"]])
+  summary = {
+      "final_test_accuracy": final["test_accuracy"],
+      "final_test_loss": final["test_loss"],
+      "best_test_accuracy": best_accuracy,
+      "global_sparsity": float(jaxprune.sparsity(_masks_or_params(state)).global_sparsity),
+      "per_layer_sparsity": per_layer_sparsity(state),
+      "params": models.count_params(state.params),
+      "nonzero_params": int(sum(int(jnp.sum(p != 0)) for p in jax.tree.leaves(state.params))),
+      "steps": config.steps,
+      "wall_time_s": time.perf_counter() - started,
+      "devices": jax.device_count(),
+      "config": to_dict(config),
+  }
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  plots.write_plots(records, summary, workdir)
+  return summary

@@ -1,0 +1,467 @@
+"""Tests of experiments/data.py: the tfds builders, loading, batches, sharding.
+
+The real files are the shared IDX files (``<checkout>/../shared/data``);
+MNIST is prepared once per session in a temporary tfds directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import hypothesis
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from hypothesis import strategies as st
+
+from experiments import data
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+needs_files = pytest.mark.skipif(
+    not (SOURCE / "mnist").is_dir(), reason=f"no shared IDX files in {SOURCE}"
+)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="session")
+def mnist_train(tfds_dir):
+  if not (SOURCE / "mnist").is_dir():
+    pytest.skip(f"no shared IDX files in {SOURCE}")
+  return data.load("mnist", "train", source_dir=SOURCE, tfds_dir=tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(tfds_dir, mnist_train):  # after mnist_train: prepared once
+  del mnist_train
+  return data.load("mnist", "test", source_dir=SOURCE, tfds_dir=tfds_dir)
+
+
+def synthetic(n: int, name: str = "mnist", channels: int = 1) -> data.Split:
+  """A split whose label is the example's index and whose pixels encode it."""
+  images = np.arange(n * 2 * 2 * channels, dtype=np.int64) % 256
+  return data.Split(
+      images=images.astype(np.uint8).reshape(n, 2, 2, channels),
+      labels=np.arange(n, dtype=np.int32),
+      name=name,
+  )
+
+
+def copy_source(tmp_path, name="mnist", skip=()) -> pathlib.Path:
+  """A writable copy of one data set's files, as a source directory."""
+  (tmp_path / "src" / name).mkdir(parents=True)
+  for file in data.SHA256[name]:
+    if file not in skip:
+      shutil.copyfile(SOURCE / name / file, tmp_path / "src" / name / file)
+  return tmp_path / "src"
+
+
+# ---------------------------------------------------------------------------
+# Raw files.
+
+
+@needs_files
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_checksums_are_the_published_ones_and_verified(name):
+  published = dict(
+      reversed(line.split())
+      for line in (SOURCE / name / "SHA256SUMS").read_text().splitlines()
+  )
+  assert data.SHA256[name] == published
+  for file, sha in data.SHA256[name].items():
+    assert data.check_sha256(SOURCE / name / file, sha) == SOURCE / name / file
+
+
+def test_check_sha256_names_path_and_both_digests(tmp_path):
+  path = tmp_path / "f.gz"
+  path.write_bytes(b"not mnist")
+  with pytest.raises(data.ChecksumError) as e:
+    data.check_sha256(path, "0" * 64)
+  message = str(e.value)
+  assert str(path) in message and "0" * 64 in message
+  assert hashlib.sha256(b"not mnist").hexdigest() in message
+  with pytest.raises(data.MissingFileError, match="absent.gz"):
+    data.check_sha256(tmp_path / "absent.gz", "0" * 64)
+
+
+def write_gz(path, payload: bytes) -> pathlib.Path:
+  with gzip.open(path, "wb") as f:
+    f.write(payload)
+  return path
+
+
+def test_read_idx(tmp_path):
+  header = (2051).to_bytes(4, "big") + b"".join(
+      d.to_bytes(4, "big") for d in (2, 3, 4)
+  )
+  good = write_gz(tmp_path / "good.gz", header + bytes(range(24)))
+  np.testing.assert_array_equal(
+      data.read_idx(good, 2051), np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+  )
+  with pytest.raises(data.IdxFormatError, match="magic number 2051, expected 2049"):
+    data.read_idx(good, 2049)
+  short = write_gz(tmp_path / "short.gz", header + bytes(23))
+  with pytest.raises(data.IdxFormatError, match="40 bytes.*holds 39"):
+    data.read_idx(short, 2051)
+  (tmp_path / "plain.gz").write_bytes(header + bytes(24))
+  with pytest.raises(data.IdxFormatError, match="not a readable gzip"):
+    data.read_idx(tmp_path / "plain.gz", 2051)
+
+
+@needs_files
+def test_fetch_downloads_from_canonical_urls_and_verifies(tmp_path):
+  """The download branch, with a fake download manager (no network here)."""
+
+  class FakeDownloads:
+    def __init__(self, folder):
+      self.folder, self.urls = folder, None
+
+    def download(self, urls):
+      self.urls = urls
+      return {file: self.folder / file for file in urls}
+
+  dl = FakeDownloads(SOURCE / "mnist")
+  paths = data._fetch("mnist", None, dl)  # pylint: disable=protected-access
+  assert dl.urls == {
+      f: "https://storage.googleapis.com/cvdf-datasets/mnist/" + f
+      for f in data.SHA256["mnist"]
+  }
+  assert paths == {f: SOURCE / "mnist" / f for f in data.SHA256["mnist"]}
+  # An empty source folder also downloads; a wrong download is caught.
+  (tmp_path / "fashion_mnist").mkdir()
+  with pytest.raises(data.ChecksumError, match="3aede38d6186"):
+    data._fetch("fashion_mnist", tmp_path, dl)  # pylint: disable=protected-access
+  assert dl.urls["t10k-images-idx3-ubyte.gz"] == (
+      "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+      "t10k-images-idx3-ubyte.gz"
+  )
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def test_mnist_shapes_dtypes_labels(mnist_train, mnist_test):
+  for split, n in [(mnist_train, 60_000), (mnist_test, 10_000)]:
+    assert split.name == "mnist" and len(split) == n
+    assert split.images.shape == (n, 28, 28, 1)
+    assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+    assert split.labels.min() == 0 and split.labels.max() == 9
+    assert not split.images.flags.writeable
+
+
+def test_mnist_train_class_counts(mnist_train):
+  assert np.bincount(mnist_train.labels).tolist() == MNIST_TRAIN_COUNTS
+
+
+def test_load_keeps_the_order_of_the_idx_files(mnist_test):
+  images = data.read_idx(SOURCE / "mnist" / "t10k-images-idx3-ubyte.gz", 2051)
+  labels = data.read_idx(SOURCE / "mnist" / "t10k-labels-idx1-ubyte.gz", 2049)
+  np.testing.assert_array_equal(mnist_test.images[..., 0], images)
+  np.testing.assert_array_equal(mnist_test.labels, labels)
+
+
+def test_prepared_data_is_reused_and_env_vars_are_read(
+    mnist_test, tfds_dir, tmp_path, monkeypatch
+):
+  # Prepared already: the (nonexistent) source directory is not consulted.
+  monkeypatch.setenv("JAXPRUNE_DATA_DIR", str(tmp_path / "empty"))
+  monkeypatch.setenv("JAXPRUNE_TFDS_DIR", str(tfds_dir))
+  again = data.load("mnist", "test")
+  np.testing.assert_array_equal(again.images, mnist_test.images)
+  np.testing.assert_array_equal(again.labels, mnist_test.labels)
+
+
+@needs_files
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_corrupt_file_raises_checksum_error(tmp_path, damage):
+  source = copy_source(tmp_path)
+  bad = source / "mnist" / "t10k-labels-idx1-ubyte.gz"
+  raw = bytearray(bad.read_bytes())
+  if damage == "truncate":
+    raw = raw[:-100]
+  else:
+    raw[len(raw) // 2] ^= 0xFF
+  bad.write_bytes(bytes(raw))
+  expected = data.SHA256["mnist"]["t10k-labels-idx1-ubyte.gz"]
+  with pytest.raises(data.ChecksumError) as e:
+    data.load("mnist", "train", source_dir=source, tfds_dir=tmp_path / "tfds")
+  assert str(bad) in str(e.value) and expected in str(e.value)
+  assert "found sha256" in str(e.value)
+  assert not (tmp_path / "tfds" / "jaxprune_mnist" / "1.0.0").exists()
+
+
+@needs_files
+def test_missing_file_raises(tmp_path):
+  source = copy_source(tmp_path, skip={"train-labels-idx1-ubyte.gz"})
+  with pytest.raises(data.MissingFileError) as e:
+    data.load("mnist", "test", source_dir=source, tfds_dir=tmp_path / "tfds")
+  assert str(source / "mnist" / "train-labels-idx1-ubyte.gz") in str(e.value)
+  assert data.SHA256["mnist"]["train-labels-idx1-ubyte.gz"] in str(e.value)
+
+
+@needs_files
+def test_fashion_mnist_loads(tfds_dir):
+  split = data.load("fashion_mnist", "test", source_dir=SOURCE, tfds_dir=tfds_dir)
+  assert split.images.shape == (10_000, 28, 28, 1) and split.name == "fashion_mnist"
+  assert np.bincount(split.labels).tolist() == [1000] * 10
+  labels = data.read_idx(SOURCE / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz", 2049)
+  np.testing.assert_array_equal(split.labels, labels)
+
+
+def test_builder_features_under_mock_data():
+  """tfds's own mock: random records of the declared features, no disk."""
+  with tfds.testing.mock_data(
+      num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE
+  ):
+    b = data.builder("mnist", tfds_dir="/nonexistent/tfds")
+    b.download_and_prepare()
+    source = b.as_data_source(split="train")
+    assert len(source) == 5
+    for i in range(5):
+      record = source[i]
+      assert record["image"].shape == (28, 28, 1)
+      assert record["image"].dtype == np.uint8
+      assert 0 <= int(record["label"]) < 10
+
+
+class FakeSource:
+  """Records of a synthetic split, with the data-source protocol."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {"image": np.full((28, 28, 1), i % 256, np.uint8), "label": i % 10}
+
+  def __getitems__(self, keys):
+    return [self[i] for i in keys]
+
+
+def test_load_on_mocked_records(tmp_path):
+  """`load` reads every record in order; mock_data keeps it off the disk.
+
+  tfds 4.9.10's default mock data source cannot serve `__getitems__` (it sets
+  an unbound function on a MagicMock), so the records come from
+  `as_data_source_fn`.
+  """
+  def as_data_source(self, split, **kwargs):
+    del self, kwargs
+    return FakeSource(25_003 if split == "train" else 7)
+
+  with tfds.testing.mock_data(as_data_source_fn=as_data_source):
+    split = data.load(
+        "fashion_mnist",
+        "train",
+        source_dir=tmp_path / "src",
+        tfds_dir=tmp_path / "tfds",
+    )
+  assert split.images.shape == (25_003, 28, 28, 1)
+  np.testing.assert_array_equal(split.labels, np.arange(25_003) % 10)
+  np.testing.assert_array_equal(split.images[:, 3, 5, 0], np.arange(25_003) % 256)
+  assert not any(tmp_path.iterdir())
+
+
+def test_unknown_names_and_splits():
+  with pytest.raises(ValueError, match="mnist, fashion_mnist, cifar10"):
+    data.load("imagenet", "train")
+  with pytest.raises(ValueError, match="'validation'.*train, test"):
+    data.load("mnist", "validation")
+
+
+def test_cifar10_without_tensorflow_says_what_to_install():
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pass
+  else:
+    pytest.skip("TensorFlow is installed")
+  with pytest.raises(
+      ImportError, match=r"pip install tensorflow.*not available offline"
+  ):
+    data.load("cifar10", "train")
+
+
+def test_split_checks_its_arrays():
+  with pytest.raises(ValueError, match="labels must be int32"):
+    data.Split(np.zeros((3, 2, 2, 1), np.uint8), np.zeros(3, np.int64), "mnist")
+  with pytest.raises(ValueError, match="images must be uint8"):
+    data.Split(np.zeros((3, 2, 2), np.uint8), np.zeros(3, np.int32), "mnist")
+
+
+# ---------------------------------------------------------------------------
+# Batches.
+
+
+@pytest.mark.parametrize(
+    "name, mean, std",
+    [
+        ("mnist", [0.1307], [0.3081]),
+        ("fashion_mnist", [0.2860], [0.3530]),
+        ("cifar10", [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
+    ],
+)
+def test_normalise_matches_numpy(name, mean, std):
+  images = np.random.default_rng(0).integers(
+      0, 256, (4, 3, 3, len(mean)), dtype=np.uint8
+  )
+  got = data.normalise(images, name)
+  assert got.dtype == np.float32 and got.shape == images.shape
+  np.testing.assert_allclose(got, (images / 255.0 - mean) / std, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="channel"):
+    data.normalise(images[..., :1] if len(mean) == 3 else images.repeat(3, -1), name)
+
+
+def test_mnist_normalised_has_zero_mean_unit_std(mnist_train):
+  x = data.normalise(mnist_train.images, "mnist")
+  assert abs(float(x.mean(dtype=np.float64))) < 1e-3
+  assert abs(float(x.std(dtype=np.float64)) - 1) < 1e-3
+
+
+def test_train_batch_on_mnist(mnist_train):
+  batch = data.train_batch(mnist_train, 128, seed=0, step=1000)
+  assert batch["image"].shape == (128, 28, 28, 1)
+  assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
+
+
+@hypothesis.given(
+    n=st.integers(1, 60),
+    draw=st.data(),
+    seed=st.integers(0, 2**32 - 1),
+    epoch=st.integers(0, 5),
+)
+def test_each_epoch_is_a_permutation(n, draw, seed, epoch):
+  batch_size = draw.draw(st.integers(1, n), label="batch_size")
+  split = synthetic(n)
+  per_epoch = data.steps_per_epoch(split, batch_size)
+  assert per_epoch == n // batch_size
+  seen = np.concatenate([
+      data.train_batch(split, batch_size, seed, epoch * per_epoch + i)["label"]
+      for i in range(per_epoch)
+  ])
+  order = np.random.default_rng([seed, epoch]).permutation(n)
+  np.testing.assert_array_equal(seen, order[: per_epoch * batch_size])
+  assert len(np.unique(seen)) == len(seen)  # nobody twice
+
+
+def test_train_batch_is_a_pure_function_of_seed_and_step():
+  split = synthetic(103)
+  later = data.train_batch(split, 10, seed=3, step=57)
+  early = data.train_batch(split, 10, seed=3, step=2)
+  for key in ("image", "label"):  # same answer whatever ran before
+    np.testing.assert_array_equal(data.train_batch(split, 10, 3, 57)[key], later[key])
+    np.testing.assert_array_equal(data.train_batch(split, 10, 3, 2)[key], early[key])
+  other_seed = data.train_batch(split, 10, seed=4, step=57)
+  assert not np.array_equal(other_seed["label"], later["label"])
+  next_epoch = data.train_batch(split, 10, seed=3, step=67)  # 10 steps/epoch
+  assert not np.array_equal(next_epoch["label"], later["label"])
+  np.testing.assert_array_equal(
+      later["image"], data.normalise(split.images[later["label"]], "mnist")
+  )
+  assert later["label"].dtype == np.int32
+
+
+def test_train_batch_rejects_bad_arguments():
+  split = synthetic(10)
+  with pytest.raises(ValueError, match=r"batch_size must be in \[1, 10\]"):
+    data.train_batch(split, 11, 0, 0)
+  with pytest.raises(ValueError, match="step must be >= 0"):
+    data.train_batch(split, 2, 0, -1)
+  with pytest.raises(TypeError, match="seed must be an integer"):
+    data.train_batch(split, 2, 0.5, 0)
+
+
+@pytest.mark.parametrize("n, batch_size", [(103, 10), (100, 10), (3, 8)])
+def test_eval_batches_cover_each_example_once(n, batch_size):
+  split = synthetic(n)
+  batches = list(data.eval_batches(split, batch_size))
+  assert len(batches) == -(-n // batch_size)
+  for batch in batches:
+    assert batch["image"].shape == (batch_size, 2, 2, 1)
+    assert batch["image"].dtype == np.float32
+    assert batch["mask"].dtype == bool and batch["label"].dtype == np.int32
+  mask = np.concatenate([b["mask"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  images = np.concatenate([b["image"] for b in batches])
+  assert mask.sum() == n and mask[:n].all()
+  np.testing.assert_array_equal(labels[mask], np.arange(n))
+  np.testing.assert_array_equal(images[mask], data.normalise(split.images, "mnist"))
+
+
+# ---------------------------------------------------------------------------
+# Devices.
+
+
+def test_shard_on_one_device():
+  mesh = data.data_mesh()
+  assert mesh.axis_names == ("data",) and mesh.devices.size == jax.device_count()
+  batch = data.train_batch(synthetic(16), 8, seed=0, step=0)
+  sharded = data.shard(batch, mesh)
+  for key, value in sharded.items():
+    assert isinstance(value, jax.Array)
+    assert value.sharding == jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec("data")
+    )
+    np.testing.assert_array_equal(np.asarray(value), batch[key])
+  with pytest.raises(ValueError, match="leading"):
+    data.shard({"x": np.float32(1.0)}, mesh)
+
+
+TWO_DEVICES = textwrap.dedent("""
+    import jax, numpy as np
+    from experiments import data
+    assert jax.device_count() == 2, jax.devices()
+    mesh = data.data_mesh()
+    batch = {"image": np.arange(4 * 3, dtype=np.float32).reshape(4, 3),
+             "label": np.arange(4, dtype=np.int32)}
+    out = data.shard(batch, mesh)
+    for key, value in out.items():
+      assert value.sharding.spec == jax.sharding.PartitionSpec("data"), value.sharding
+      shards = sorted(value.addressable_shards, key=lambda s: s.index[0].start)
+      assert [s.data.shape[0] for s in shards] == [2, 2]
+      assert len({s.device for s in shards}) == 2
+      for s in shards:
+        np.testing.assert_array_equal(np.asarray(s.data), batch[key][s.index])
+      np.testing.assert_array_equal(np.asarray(value), batch[key])
+    try:
+      data.shard({"label": np.arange(3)}, mesh)
+    except ValueError as e:
+      assert "divisible by the 2 devices" in str(e), e
+    else:
+      raise AssertionError("no error for 3 examples on 2 devices")
+    print("ok")
+""")
+
+
+def test_shard_on_two_devices_in_a_subprocess():
+  env = dict(
+      os.environ,
+      XLA_FLAGS="--xla_force_host_platform_device_count=2",
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=os.pathsep.join(
+          filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+      ),
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", TWO_DEVICES],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("ok")

@@ -1,0 +1,102 @@
+"""The experiment runner: smoke run, resume equivalence, devices, reproducibility."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments import config as config_lib
+from experiments import run
+from experiments import train
+
+
+def _smoke(data_dirs, **changes):
+  source, tfds_dir = data_dirs
+  return dataclasses.replace(
+      config_lib.PRESETS["smoke"], source_dir=source, tfds_dir=tfds_dir, **changes
+  )
+
+
+def _final_state(workdir):
+  manager = ocp.CheckpointManager(workdir / "checkpoints")
+  restored = manager.restore(manager.latest_step())
+  manager.close()
+  return restored
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data_dirs, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("smoke")
+  summary = train.train_and_evaluate(_smoke(data_dirs), workdir, progress=False)
+  return workdir, summary
+
+
+def test_smoke_run_writes_everything(smoke_run):
+  workdir, summary = smoke_run
+  for name in ("summary.json", "metrics.jsonl", "training.png", "layer_sparsity.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  on_disk = json.loads((workdir / "summary.json").read_text())
+  for key in ("final_test_accuracy", "best_test_accuracy", "global_sparsity",
+              "per_layer_sparsity", "steps", "wall_time_s", "config"):
+    assert key in on_disk
+  assert on_disk["steps"] == 20
+  # 266,200 kernel weights pruned to 90% globally: round(0.9 * 266200) zeros.
+  assert on_disk["global_sparsity"] == pytest.approx(239580 / 266200)
+  assert set(on_disk["per_layer_sparsity"]) == {
+      "Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"}
+  assert 0.1 < on_disk["final_test_accuracy"] <= 1.0
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["kind"] == "train"] == [5, 10, 15, 20]
+  assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20]
+  assert records[-1]["sparsity"] == pytest.approx(on_disk["global_sparsity"])
+
+
+def test_resumed_run_equals_uninterrupted_run(data_dirs, smoke_run, tmp_path):
+  whole_dir, whole = smoke_run
+  # The same run cut in two: 10 steps, then resumed to 20.
+  config = _smoke(data_dirs)
+  train.train_and_evaluate(dataclasses.replace(config, steps=10), tmp_path, progress=False)
+  resumed = train.train_and_evaluate(config, tmp_path, resume=True, progress=False)
+  _assert_trees_equal(_final_state(whole_dir), _final_state(tmp_path))
+  assert resumed["final_test_accuracy"] == whole["final_test_accuracy"]
+  assert resumed["global_sparsity"] == whole["global_sparsity"]
+
+
+def test_same_config_same_summary(data_dirs, smoke_run, tmp_path):
+  _, first = smoke_run
+  second = train.train_and_evaluate(_smoke(data_dirs), tmp_path, progress=False)
+  drop = lambda s: {k: v for k, v in s.items() if k != "wall_time_s"}
+  assert drop(first) == drop(second)
+
+
+def test_two_devices_match_one(data_dirs, smoke_run, tmp_path):
+  _, one = smoke_run
+  source, tfds_dir = data_dirs
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAXPRUNE_DATA_DIR": source, "JAXPRUNE_TFDS_DIR": tfds_dir}
+  subprocess.run(
+      [sys.executable, "-m", "experiments.run", "smoke", "--workdir", str(tmp_path),
+       "--no-progress"],
+      env=env, check=True, capture_output=True, text=True, timeout=600,
+  )
+  two = json.loads((tmp_path / "summary.json").read_text())
+  assert two["devices"] == 2
+  assert two["global_sparsity"] == pytest.approx(one["global_sparsity"])
+  assert two["final_test_accuracy"] == pytest.approx(one["final_test_accuracy"], abs=2e-3)
+  assert two["final_test_loss"] == pytest.approx(one["final_test_loss"], rel=1e-3)
+
+
+def test_cli_rejects_a_bad_override(capsys):
+  assert run.main(["smoke", "--set", "stepz=1"]) == 2
+  assert "unknown config field 'stepz'" in capsys.readouterr().err
