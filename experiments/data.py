@@ -48,6 +48,7 @@ from etils import epath
 __all__ = [
     "ChecksumError",
     "FashionMnistBuilder",
+    "IMAGE_SHAPES",
     "IdxFormatError",
     "MissingFileError",
     "MnistBuilder",
@@ -81,6 +82,9 @@ _FILES = {
 }
 _NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
 _IMAGE_SHAPE = (28, 28, 1)
+# The shape of one image of each data set, [H, W, C].
+IMAGE_SHAPES = {"mnist": _IMAGE_SHAPE, "fashion_mnist": _IMAGE_SHAPE,
+                "cifar10": (32, 32, 3)}
 _NUM_CLASSES = 10
 
 # The published checksums (tfds registers the same for its mnist and
@@ -464,7 +468,8 @@ def _load_cifar10(split, source_dir, tfds_dir) -> Split:
     raise ImportError(
         "CIFAR-10 needs TensorFlow, which is not installed: tfds's cifar10 "
         "builder decodes its PNG images with it. Install it with "
-        "`pip install tensorflow`; the first load then downloads CIFAR-10, "
+        "`pip install tensorflow` (or `pip install -e '.[cifar]'`); the first "
+        "load then downloads CIFAR-10, "
         "which is not available offline here (only MNIST and Fashion-MNIST "
         "are)."
     ) from e

@@ -52,7 +52,11 @@ def _layer_plot(per_layer, title, path):
   ax.set_xlabel("sparsity (fraction of weights pruned)")
   ax.set_title(title)
   for i, n in enumerate(names):
-    ax.text(min(per_layer[n] + 0.01, 0.9), i, f"{per_layer[n]:.3f}", va="center")
+    value = per_layer[n]
+    inside = value > 0.85  # no room to the right of the bar: write on it
+    ax.text(value - 0.01 if inside else value + 0.01, i, f"{value:.3f}",
+            va="center", ha="right" if inside else "left",
+            color="white" if inside else "black")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -140,15 +140,59 @@ def evaluate(eval_step, state, split, config: Config, mesh) -> tuple[float, floa
   return loss_sum / n, correct / n
 
 
-def _checkpoint_manager(workdir: pathlib.Path, config: Config):
+def _checkpoint_manager(workdir: pathlib.Path):
   options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
   return ocp.CheckpointManager(workdir / "checkpoints", options=options)
 
 
-def _abstract(state, sharding):
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state
+def _restore(manager, step: int, like: TrainState) -> TrainState:
+  """The state saved at ``step``, with the shapes and shardings of ``like``."""
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
   )
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def load_checkpoint(config: Config, workdir: str | pathlib.Path,
+                    step: int | None = None) -> TrainState:
+  """The train state of a run's checkpoint (the latest one by default).
+
+  Checkpoints written on any number of devices load on the devices of this
+  process, replicated.
+
+  Example::
+
+    state = train.load_checkpoint(config.resolve("lenet300_mnist"),
+                                  "runs/lenet300_mnist")
+    state.params, state.masks
+  """
+  workdir = pathlib.Path(workdir)
+  manager = _checkpoint_manager(workdir)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+  like = _initial_state(config)
+  try:
+    return _restore(manager, step, like)
+  finally:
+    manager.close()
+
+
+def _truncate_log(path: pathlib.Path, after: int) -> None:
+  """Drops the records of steps past ``after``: they will be logged again."""
+  if path.exists():
+    lines = path.read_text().splitlines()
+    kept = [l for l in lines if json.loads(l)["step"] <= after]
+    path.write_text("".join(l + "\n" for l in kept))
+
+
+def _initial_state(config: Config) -> TrainState:
+  """The replicated initial state, from the model's input shape alone."""
+  model = models.get_model(config.model, num_classes=10)
+  shape = data.IMAGE_SHAPES[config.dataset]
+  state = create_state(config, model, np.zeros((1, *shape), np.float32))
+  mesh = data.data_mesh()
+  return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
 
 def train_and_evaluate(
@@ -175,17 +219,13 @@ def train_and_evaluate(
                          tfds_dir=config.tfds_dir)
   mesh = data.data_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
-  model = models.get_model(config.model, num_classes=10)
-  state = create_state(config, model, data.normalise(train_split.images[:1], config.dataset))
-  state = jax.device_put(state, replicated)
+  state = _initial_state(config)
 
-  manager = _checkpoint_manager(workdir, config)
+  manager = _checkpoint_manager(workdir)
   metrics_path = workdir / "metrics.jsonl"
   if resume and manager.latest_step() is not None:
-    state = manager.restore(
-        manager.latest_step(),
-        args=ocp.args.StandardRestore(_abstract(state, replicated)),
-    )
+    state = _restore(manager, manager.latest_step(), state)
+    _truncate_log(metrics_path, after=manager.latest_step())
   elif metrics_path.exists():
     metrics_path.unlink()  # a fresh run starts a fresh log
 
@@ -222,6 +262,7 @@ def train_and_evaluate(
       bar.update(1)
   bar.close()
   manager.wait_until_finished()
+  manager.close()
 
   records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
   evals = [r for r in records if r["kind"] == "eval"]

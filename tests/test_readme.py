@@ -32,3 +32,12 @@ def test_ci_runs_the_readme_test_command():
   ci = (_ROOT / ".ci" / "run").read_text()
   assert test_command.split("&& ")[-1] in ci  # python -m pytest
   assert "-e '.[test]'" in ci
+
+
+def test_main_job_is_a_preset():
+  from experiments import config
+
+  main_job = next(c for c in _blocks("bash") if "experiments.run" in c)
+  preset = re.search(r"experiments\.run (\w+)", main_job).group(1)
+  assert preset in config.PRESETS
+  assert config.PRESETS[preset].sparsity == 0.9

@@ -8,7 +8,6 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from experiments import config as config_lib
@@ -23,14 +22,16 @@ def _smoke(data_dirs, **changes):
   )
 
 
-def _final_state(workdir):
-  manager = ocp.CheckpointManager(workdir / "checkpoints")
-  restored = manager.restore(manager.latest_step())
-  manager.close()
-  return restored
+def _final_state(workdir, data_dirs):
+  state = train.load_checkpoint(_smoke(data_dirs), workdir)
+  assert int(state.step) == 20
+  return state
 
 
 def _assert_trees_equal(a, b):
+  paths = lambda t: [p for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]]
+  assert paths(a) == paths(b)
+  assert len(paths(a)) > 10  # params, masks, moments, step, key
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -68,7 +69,7 @@ def test_resumed_run_equals_uninterrupted_run(data_dirs, smoke_run, tmp_path):
   config = _smoke(data_dirs)
   train.train_and_evaluate(dataclasses.replace(config, steps=10), tmp_path, progress=False)
   resumed = train.train_and_evaluate(config, tmp_path, resume=True, progress=False)
-  _assert_trees_equal(_final_state(whole_dir), _final_state(tmp_path))
+  _assert_trees_equal(_final_state(whole_dir, data_dirs), _final_state(tmp_path, data_dirs))
   assert resumed["final_test_accuracy"] == whole["final_test_accuracy"]
   assert resumed["global_sparsity"] == whole["global_sparsity"]
 
@@ -92,6 +93,12 @@ def test_two_devices_match_one(data_dirs, smoke_run, tmp_path):
   )
   two = json.loads((tmp_path / "summary.json").read_text())
   assert two["devices"] == 2
+  one_state = _final_state(smoke_run[0], data_dirs)
+  two_state = _final_state(tmp_path, data_dirs)
+  for x, y in zip(jax.tree.leaves(one_state.params), jax.tree.leaves(two_state.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+  for x, y in zip(jax.tree.leaves(one_state.masks), jax.tree.leaves(two_state.masks)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert two["global_sparsity"] == pytest.approx(one["global_sparsity"])
   assert two["final_test_accuracy"] == pytest.approx(one["final_test_accuracy"], abs=2e-3)
   assert two["final_test_loss"] == pytest.approx(one["final_test_loss"], rel=1e-3)
