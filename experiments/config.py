@@ -32,18 +32,24 @@ class Config:
   batch_size: int = 128
   optimizer: str = "adam"  # adam | adamw | sgd
   learning_rate: float = 1e-3
-  lr_schedule: str = "constant"  # constant | cosine
+  lr_schedule: str = "constant"  # constant | cosine | step (/10 at 43%, 71%)
   momentum: float = 0.9
   weight_decay: float = 0.0
   seed: int = 0
   # Pruning.
   method: str = "magnitude"  # see experiments.methods.METHODS
   sparsity: float = 0.9
-  schedule: str = "polynomial"  # polynomial | one_shot | constant
+  schedule: str = "polynomial"  # polynomial | one_shot | constant | geometric
   begin_step: int = 0
   end_step: int = 0  # 0: three quarters of the run
   frequency: int = 100
   allocation: str = "global"
+  # Geometric schedule and FlipOut: every `prune_every` steps remove `rate`
+  # of the surviving weights, until `sparsity`.
+  prune_every: int = 0  # 0: one epoch of MNIST at this batch size
+  rate: float = 0.5
+  flipout_p: float = 2.0
+  noise: float = 1.0
   # Bookkeeping.
   log_every: int = 50
   eval_every: int = 500  # 0: only at the end
@@ -56,6 +62,9 @@ class Config:
 
   def pruning_end_step(self) -> int:
     return self.end_step or max(self.begin_step + 1, (3 * self.steps) // 4)
+
+  def pruning_period(self) -> int:
+    return self.prune_every or 60000 // self.batch_size
 
 
 _EPOCH = 60000 // 128  # 468 steps of batch 128 on MNIST

@@ -32,10 +32,26 @@ def _schedule(config: Config) -> jaxprune.schedules.Schedule:
     return jaxprune.schedules.one_shot(config.sparsity, config.begin_step)
   if config.schedule == "constant":
     return jaxprune.schedules.constant(config.sparsity)
+  if config.schedule == "geometric":
+    return geometric_schedule(config)
   raise ValueError(
       f"unknown schedule {config.schedule!r}; expected polynomial, one_shot "
       "or constant"
   )
+
+
+def geometric_schedule(config: Config) -> jaxprune.schedules.Schedule:
+  """FlipOut's schedule for the baselines: every ``prune_every`` steps the
+  sparsity becomes ``1 - (1 - rate)**k``, capped at ``config.sparsity``."""
+  period, steps, sparsities, k = config.pruning_period(), [], [], 1
+  while k * period < config.steps:
+    target = min(1 - (1 - config.rate) ** k, config.sparsity)
+    steps.append(k * period)
+    sparsities.append(target)
+    if target >= config.sparsity:
+      break
+    k += 1
+  return jaxprune.schedules.piecewise(steps, sparsities)
 
 
 def _with_criterion(criterion):
@@ -53,6 +69,13 @@ METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.Gradie
     "magnitude": _with_criterion(jaxprune.criteria.magnitude),
     "random": _with_criterion(jaxprune.criteria.random),
     "saliency": _with_criterion(jaxprune.criteria.saliency),
+    # SNIP (Lee et al. 2019): saliency on the first batch, once, before any
+    # update, to the final sparsity.
+    "snip": lambda inner, config: jaxprune.prune(
+        inner, criterion=jaxprune.criteria.saliency,
+        schedule=jaxprune.schedules.constant(config.sparsity),
+        allocation=config.allocation, seed=config.seed,
+    ),
 }
 
 

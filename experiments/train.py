@@ -51,6 +51,11 @@ def _optimizer(config: Config) -> optax.GradientTransformation:
     lr = config.learning_rate
   elif config.lr_schedule == "cosine":
     lr = optax.cosine_decay_schedule(config.learning_rate, config.steps)
+  elif config.lr_schedule == "step":  # FlipOut's recipe: /10 at 43% and 71%
+    lr = optax.piecewise_constant_schedule(
+        config.learning_rate,
+        {int(0.43 * config.steps): 0.1, int(0.71 * config.steps): 0.1},
+    )
   else:
     raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
   if config.optimizer == "adam":

@@ -1,0 +1,253 @@
+"""Grids of runs and the tables and plots that compare them.
+
+    python -m experiments.sweep NAME [--jobs 2] [--seeds 0,1,2] [--set key=value ...]
+
+runs every cell of the sweep ``NAME`` (see :data:`SWEEPS`) with
+``python -m experiments.run`` in its own process, ``--jobs`` at a time, each
+in ``runs/sweeps/NAME/CELL`` (a cell whose ``summary.json`` already holds
+the same config is not run again, so an interrupted sweep continues), then
+writes ``results.json``, ``table.md`` and ``accuracy_vs_sparsity.png`` into
+``experiments/results/NAME/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from experiments import config as config_lib
+from experiments.config import Config
+
+_EPOCH = 60000 // 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """A base config and the values each varied field takes."""
+
+  base: Config
+  grid: dict[str, tuple]
+  seeds: tuple[int, ...] = (0, 1, 2)
+  # Per method, config fields that differ from the base (e.g. a schedule).
+  method_overrides: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+  def cells(self, seeds: Sequence[int] | None = None) -> list[Config]:
+    keys = list(self.grid)
+    configs = []
+    for values in itertools.product(*(self.grid[k] for k in keys)):
+      cell = dict(zip(keys, values))
+      cell.update(self.method_overrides.get(cell.get("method"), {}))
+      for seed in self.seeds if seeds is None else seeds:
+        name = "-".join(f"{v}" for v in values) + f"-seed{seed}"
+        configs.append(dataclasses.replace(self.base, name=name, seed=seed, **cell))
+    return configs
+
+
+SWEEPS: dict[str, Sweep] = {
+    # FlipOut against global magnitude, random and SNIP on the same geometric
+    # schedule (halve the survivors every epoch), LeNet-5-Caffe, 12 epochs of
+    # SGD with FlipOut's recipe (momentum 0.9, lr 0.1 / 10 at 43% and 71%,
+    # weight decay 5e-4, batch 128).
+    "flipout": Sweep(
+        base=Config(
+            model="lenet5", steps=12 * _EPOCH, batch_size=128, optimizer="sgd",
+            learning_rate=0.1, lr_schedule="step", momentum=0.9,
+            weight_decay=5e-4, schedule="geometric", prune_every=_EPOCH,
+            rate=0.5, noise=1.0, log_every=_EPOCH // 2, eval_every=4 * _EPOCH,
+            checkpoint_every=0,
+        ),
+        grid={
+            "dataset": ("fashion_mnist", "mnist"),
+            "method": ("flipout", "magnitude", "random", "snip"),
+            "sparsity": (0.9375, 0.984375, 0.99609375, 0.9990234375),
+        },
+        method_overrides={"snip": {"schedule": "constant"}},
+    ),
+}
+
+
+def _up_to_date(workdir: pathlib.Path, config: Config) -> bool:
+  summary = workdir / "summary.json"
+  if not summary.exists():
+    return False
+  return json.loads(summary.read_text())["config"] == config_lib.to_dict(config)
+
+
+def run_cells(configs: Sequence[Config], root: pathlib.Path, jobs: int) -> None:
+  """Runs the cells not yet done, ``jobs`` processes at a time."""
+  pending = [c for c in configs if not _up_to_date(root / c.name, c)]
+  print(f"{len(configs) - len(pending)} of {len(configs)} cells done; running "
+        f"{len(pending)} with {jobs} job(s)", flush=True)
+  env = dict(os.environ)
+  if jobs > 1:  # one core per run
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_cpu_multi_thread_eigen=false").strip()
+  running: list[tuple[subprocess.Popen, Config, float]] = []
+  failures = []
+  while pending or running:
+    while pending and len(running) < jobs:
+      c = pending.pop(0)
+      workdir = root / c.name
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(c)))
+      log = open(workdir / "log.txt", "w")
+      process = subprocess.Popen(
+          [sys.executable, "-m", "experiments.run", str(workdir / "config.json"),
+           "--workdir", str(workdir), "--no-progress"],
+          stdout=log, stderr=subprocess.STDOUT, env=env,
+      )
+      running.append((process, c, time.perf_counter()))
+    time.sleep(0.5)
+    for item in list(running):
+      process, c, started = item
+      if process.poll() is not None:
+        running.remove(item)
+        status = "ok" if process.returncode == 0 else f"FAILED ({process.returncode})"
+        if process.returncode:
+          failures.append(c.name)
+        print(f"  {c.name}: {status} in {time.perf_counter() - started:.0f} s",
+              flush=True)
+  if failures:
+    raise RuntimeError(f"cells failed (see their log.txt): {failures}")
+
+
+def collect(configs: Sequence[Config], root: pathlib.Path) -> list[dict]:
+  """One record per finished cell."""
+  records = []
+  for c in configs:
+    path = root / c.name / "summary.json"
+    if not path.exists():
+      continue
+    summary = json.loads(path.read_text())
+    records.append({
+        "dataset": c.dataset, "model": c.model, "method": c.method,
+        "target_sparsity": c.sparsity, "seed": c.seed,
+        "global_sparsity": summary["global_sparsity"],
+        "final_test_accuracy": summary["final_test_accuracy"],
+        "best_test_accuracy": summary["best_test_accuracy"],
+        "per_layer_sparsity": summary["per_layer_sparsity"],
+        "wall_time_s": summary["wall_time_s"],
+    })
+  return records
+
+
+def aggregate(records: Sequence[dict]) -> list[dict]:
+  """Mean and standard deviation over seeds, per (dataset, method, target)."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in records:
+    groups.setdefault((r["dataset"], r["method"], r["target_sparsity"]), []).append(r)
+  rows = []
+  for (dataset, method, target), rs in sorted(groups.items()):
+    acc = np.array([r["final_test_accuracy"] for r in rs]) * 100
+    rows.append({
+        "dataset": dataset, "method": method, "target_sparsity": target,
+        "achieved_sparsity": float(np.mean([r["global_sparsity"] for r in rs])),
+        "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+        "seeds": len(rs),
+    })
+  return rows
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  """Accuracy (mean ± std over seeds, %) per method and target sparsity."""
+  lines = []
+  for dataset in sorted({r["dataset"] for r in rows}):
+    sub = [r for r in rows if r["dataset"] == dataset]
+    targets = sorted({r["target_sparsity"] for r in sub})
+    methods = sorted({r["method"] for r in sub})
+    lines.append(f"\n**{dataset}** (test accuracy %, mean ± std over seeds)\n")
+    lines.append("| method | " + " | ".join(f"{t:.2%}" for t in targets) + " |")
+    lines.append("| --- |" + " --- |" * len(targets))
+    for m in methods:
+      cells = []
+      for t in targets:
+        hit = [r for r in sub if r["method"] == m and r["target_sparsity"] == t]
+        cells.append(
+            f"{hit[0]['accuracy_mean']:.2f} ± {hit[0]['accuracy_std']:.2f} "
+            f"(n={hit[0]['seeds']})" if hit else "–"
+        )
+      lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  datasets = sorted({r["dataset"] for r in rows})
+  fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5),
+                           squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    for method in sorted({r["method"] for r in rows}):
+      sub = sorted((r for r in rows if r["dataset"] == dataset and r["method"] == method),
+                   key=lambda r: r["target_sparsity"])
+      if not sub:
+        continue
+      ax.errorbar([100 * (1 - r["achieved_sparsity"]) for r in sub],
+                  [r["accuracy_mean"] for r in sub],
+                  yerr=[r["accuracy_std"] for r in sub], marker="o", capsize=3,
+                  label=method)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("weights remaining (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{title}: {dataset}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_results(name: str, records: Sequence[dict], out: pathlib.Path,
+                  command: str) -> list[dict]:
+  out.mkdir(parents=True, exist_ok=True)
+  rows = aggregate(records)
+  (out / "results.json").write_text(json.dumps(
+      {"command": command, "rows": rows, "runs": list(records)}, indent=2) + "\n")
+  (out / "table.md").write_text(
+      f"# Sweep `{name}`\n\nProduced by `{command}`.\n" + markdown_table(rows))
+  plot(rows, out / "accuracy_vs_sparsity.png", name)
+  return rows
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m experiments.sweep")
+  parser.add_argument("sweep", choices=sorted(SWEEPS))
+  parser.add_argument("--jobs", type=int, default=2)
+  parser.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a field of every cell")
+  parser.add_argument("--root", default=None, help="default runs/sweeps/NAME")
+  parser.add_argument("--out", default=None, help="default experiments/results/NAME")
+  parser.add_argument("--only-collect", action="store_true")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  sweep = SWEEPS[args.sweep]
+  seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+  configs = [config_lib.apply_overrides(c, args.set) for c in sweep.cells(seeds)]
+  root = pathlib.Path(args.root or f"runs/sweeps/{args.sweep}")
+  if not args.only_collect:
+    run_cells(configs, root, args.jobs)
+  command = "python -m experiments.sweep " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  rows = write_results(args.sweep, collect(configs, root),
+                       pathlib.Path(args.out or f"experiments/results/{args.sweep}"),
+                       command)
+  print(markdown_table(rows))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
