@@ -69,6 +69,13 @@ METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.Gradie
     "magnitude": _with_criterion(jaxprune.criteria.magnitude),
     "random": _with_criterion(jaxprune.criteria.random),
     "saliency": _with_criterion(jaxprune.criteria.saliency),
+    # FlipOut (Apostol et al. 2020): every `prune_every` steps, remove `rate`
+    # of the survivors by |w|^p / (flips + 1), until `sparsity`.
+    "flipout": lambda inner, config: jaxprune.flipout(
+        inner, prune_every=config.pruning_period(), rate=config.rate,
+        p=config.flipout_p, noise=config.noise, final_sparsity=config.sparsity,
+        seed=config.seed, max_steps=config.steps,
+    ),
     # SNIP (Lee et al. 2019): saliency on the first batch, once, before any
     # update, to the final sparsity.
     "snip": lambda inner, config: jaxprune.prune(

@@ -57,7 +57,8 @@ def masks_of(opt_state: Any) -> Any:
   if not found:
     raise ValueError(
         "masks_of found no pruning state in the given optimizer state; was "
-        "the optimizer built with jaxprune.prune?"
+        "the optimizer built with a jaxprune transformation (jaxprune.prune, "
+        "jaxprune.flipout)?"
     )
   if len(found) > 1:
     raise ValueError(

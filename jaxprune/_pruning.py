@@ -75,6 +75,27 @@ class _Plan:
 
 
 def _make_plan(params, prunable, schedule, allocation) -> _Plan:
+  return _plan_with(
+      params,
+      prunable,
+      allocation,
+      lambda shapes: [
+          _allocation.kept_counts(s, shapes, allocation)
+          for s in schedule.sparsities
+      ],
+  )
+
+
+def _plan_with(params, prunable, allocation, kept_counts) -> _Plan:
+  """The plan for ``params``, checking the prunable leaves.
+
+  Args:
+    params: the parameter tree.
+    prunable: the user's predicate, or ``None`` for the default.
+    allocation: how the prunable tensors are grouped for ranking.
+    kept_counts: ``shapes -> rows``, the prunable tensors' shapes to one row
+      of per-group kept counts for every level.
+  """
   flags = _trees.prunable_mask(params, prunable)
   selected = [
       (path, leaf)
@@ -104,10 +125,7 @@ def _make_plan(params, prunable, schedule, allocation) -> _Plan:
         f"a ranked group holds {too_big[0]} weights; at most 2**31 - 1 are "
         "supported"
     )
-  kept = [
-      _allocation.kept_counts(s, shapes, allocation)
-      for s in schedule.sparsities
-  ]
+  kept = kept_counts(shapes)
   kept = np.asarray(kept, np.int32).reshape(len(kept), len(group_sizes))
   return _Plan(
       flags, tuple(p for p, _ in selected), group_ids, group_sizes, kept
@@ -187,6 +205,41 @@ def _zero_pruned_params(masks, updates, params):
   )
 
 
+def _require_params(params, name: str) -> None:
+  if params is None:
+    raise ValueError(
+        f"jaxprune.{name} needs the current params: call "
+        "tx.update(grads, opt_state, params)"
+    )
+
+
+def _all_kept(plan: _Plan, params):
+  """Masks that keep everything: True for prunable leaves, None elsewhere."""
+  return jax.tree.map(
+      lambda flag, p: jnp.ones_like(p, dtype=jnp.bool_) if flag else None,
+      plan.prunable,
+      params,
+  )
+
+
+def _check_masks(params, masks, plan: _Plan) -> None:
+  """Raises ``ValueError`` unless ``masks`` fit ``params`` (from the state)."""
+  expected_masks = jax.tree.map(
+      lambda flag, p: p if flag else None, plan.prunable, params
+  )
+  _trees.check_same_structure(
+      expected_masks, masks, "the masks in the optimizer state"
+  )
+  for path, mask, leaf in zip(
+      plan.paths, _mask_leaves(masks), _prunable_leaves(params, plan)
+  ):
+    if mask.shape != jnp.shape(leaf):
+      raise ValueError(
+          f"the mask of {_trees.path_string(path)} has shape {mask.shape} "
+          f"but the param has shape {jnp.shape(leaf)}"
+      )
+
+
 def prune(
     inner: optax.GradientTransformation,
     *,
@@ -261,15 +314,10 @@ def prune(
   def init_fn(params):
     plan = plan_for(params)
     _check_finite(params, plan)
-    masks = jax.tree.map(
-        lambda flag, p: jnp.ones_like(p, dtype=jnp.bool_) if flag else None,
-        plan.prunable,
-        params,
-    )
     return PruneState(
         step=jnp.zeros((), jnp.int32),
         level=jnp.full((), -1, jnp.int32),
-        masks=masks,
+        masks=_all_kept(plan, params),
         key=jax.random.key_data(jax.random.key(seed)),
         nan_scores=jnp.zeros((), jnp.int32),
         inner_state=inner.init(params),
@@ -302,27 +350,10 @@ def prune(
     return masks, nan_scores
 
   def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError(
-          "jaxprune.prune needs the current params: call "
-          "tx.update(grads, opt_state, params)"
-      )
+    _require_params(params, "prune")
     _trees.check_same_structure(params, updates, "the updates (gradients)")
     plan = plan_for(params)
-    expected_masks = jax.tree.map(
-        lambda flag, p: p if flag else None, plan.prunable, params
-    )
-    _trees.check_same_structure(
-        expected_masks, state.masks, "the masks in the optimizer state"
-    )
-    for path, mask, leaf in zip(
-        plan.paths, _mask_leaves(state.masks), _prunable_leaves(params, plan)
-    ):
-      if mask.shape != jnp.shape(leaf):
-        raise ValueError(
-            f"the mask of {_trees.path_string(path)} has shape {mask.shape} "
-            f"but the param has shape {jnp.shape(leaf)}"
-        )
+    _check_masks(params, state.masks, plan)
     masks, nan_scores = state.masks, state.nan_scores
     if schedule.steps:
       level = schedule.level(state.step)

@@ -22,6 +22,9 @@ _TRANSFORMS = {
         allocation="layerwise"),
     "prune-saliency-erk": lambda inner: jaxprune.prune(
         inner, criterion=criteria.saliency, schedule=_SCHEDULE, allocation="erk"),
+    "flipout": lambda inner: jaxprune.flipout(inner, prune_every=2),
+    "flipout-noiseless-p1": lambda inner: jaxprune.flipout(
+        inner, prune_every=2, rate=0.6, p=1.0, noise=0.0, final_sparsity=0.8),
 }
 
 

@@ -1,0 +1,502 @@
+"""``flipout``: prunes the weights whose sign keeps flipping (FlipOut).
+
+Apostol, Stol and Forre (2020), "FlipOut: Uncovering Redundant Weights via
+Sign Flipping": a weight that oscillates around zero during training changes
+sign often, and is redundant.  Every step counts the sign changes of every
+prunable weight; every ``prune_every`` steps the weights of lowest
+``|w|**p / (flips + 1)``, ranked over all prunable weights together, are
+removed, a fixed fraction ``rate`` of the survivors at a time.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax
+  >>> import jaxprune
+  >>> params = {'w': jnp.array([[0.5, -2.0], [0.3, 1.0]]), 'b': jnp.ones(2)}
+  >>> tx = jaxprune.flipout(optax.sgd(0.1), prune_every=2, rate=0.25, noise=0.0)
+  >>> state = tx.init(params)
+  >>> step = jax.jit(tx.update)
+  >>> def train(params, state, steps):
+  ...   for t in range(steps):  # w[0, 0] swings from 0.5 to -0.5 and back
+  ...     grads = {'w': jnp.array([[10.0 * (-1) ** t, 0.0], [0.0, 0.0]]),
+  ...              'b': jnp.zeros(2)}
+  ...     updates, state = step(grads, state, params)
+  ...     params = optax.apply_updates(params, updates)
+  ...   return params, state
+  >>> params, state = train(params, state, 2)
+  >>> jaxprune.flip_counts(state)['w'].tolist()
+  [[2, 0], [0, 0]]
+  >>> params, state = train(params, state, 1)  # prunes 1 of 4 at step 2
+  >>> jaxprune.masks_of(state)['w'].tolist()  # 0.5**2 / 3 < 0.3**2 / 1
+  [[False, True], [True, True]]
+  >>> params['w']
+  Array([[ 0. , -2. ],
+         [ 0.3,  1. ]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxprune import _inspect
+from jaxprune import _pruning
+from jaxprune import _selection
+from jaxprune import _trees
+
+
+@_inspect.register_mask_state
+class FlipOutState(NamedTuple):
+  """State of :func:`flipout`.
+
+  Attributes:
+    step: int32, the number of updates applied so far.
+    masks: a tree with the structure of the params: a boolean array (True =
+      kept) for every prunable leaf, ``None`` for the others.
+    flips: the same tree of unsigned integer arrays: how many times each
+      surviving weight has changed sign since ``init`` (0 for pruned
+      weights).  Saturates at the dtype's maximum (see :func:`flipout`).
+    events: int32, the number of pruning dates passed, including those that
+      removed nothing because ``final_sparsity`` was already reached.
+    key: uint32 key data; the gradient noise of step ``t`` is drawn from
+      ``fold_in(key, t)``.
+    inner_state: the state of the wrapped optimizer.
+  """
+
+  step: jax.Array
+  masks: Any
+  flips: Any
+  events: jax.Array
+  key: jax.Array
+  inner_state: optax.OptState
+
+
+class FlipOutSchedule(NamedTuple):
+  """The authors' epoch schedule in steps (see :func:`flipout_schedule`).
+
+  Attributes:
+    prune_every: steps between pruning events, for :func:`flipout`.
+    events: the number of pruning events that happen in the run.
+    sparsity: ``flipout_sparsity(rate, events)``, the sparsity reached.
+  """
+
+  prune_every: int
+  events: int
+  sparsity: float
+
+
+def flipout_sparsity(rate: float, events: int) -> float:
+  """The sparsity after ``events`` pruning events: ``1 - (1 - rate)**events``.
+
+  The exact counts of :func:`flipout` remove ``floor(rate * alive)`` weights
+  per event, so a run keeps at least the weights this formula implies and
+  fewer than ``1 / rate`` more (before ``final_sparsity`` or the one weight
+  each tensor keeps come into play).
+
+  Args:
+    rate: the fraction of surviving weights removed per event, in (0, 1).
+    events: the number of events, an integer >= 0.
+
+  Returns:
+    The fraction of prunable weights removed.
+
+  Example:
+    >>> import jaxprune
+    >>> [round(jaxprune.flipout_sparsity(0.5, n), 4) for n in (2, 4, 10)]
+    [0.75, 0.9375, 0.999]
+  """
+  _check_rate(rate)
+  _check_int("events", events, minimum=0)
+  return 1.0 - (1.0 - rate) ** events
+
+
+def flipout_schedule(
+    steps_per_epoch: int, prune_every_epochs: int, epochs: int, rate: float = 0.5
+) -> FlipOutSchedule:
+  """Converts the authors' schedule, in epochs, into ``prune_every`` steps.
+
+  The authors prune after every epoch ``e`` (counted from 1) with
+  ``e % prune_every_epochs == 0``, except after the last epoch.  With
+  ``prune_every = steps_per_epoch * prune_every_epochs``, :func:`flipout`
+  prunes at the same points of a run of ``epochs * steps_per_epoch`` steps;
+  the event after the last epoch would be at the update that never comes.
+
+  Args:
+    steps_per_epoch: updates per epoch, an integer >= 1.
+    prune_every_epochs: epochs between pruning events, an integer >= 1.
+    epochs: the length of the run in epochs, an integer >= 1.
+    rate: the fraction of surviving weights removed per event, in (0, 1).
+
+  Returns:
+    A :class:`FlipOutSchedule`: ``prune_every``, the number of ``events`` in
+    the run, ``(epochs - 1) // prune_every_epochs``, and the ``sparsity``
+    they reach by :func:`flipout_sparsity`.
+
+  Example:
+    >>> import jaxprune
+    >>> jaxprune.flipout_schedule(391, prune_every_epochs=32, epochs=350)
+    FlipOutSchedule(prune_every=12512, events=10, sparsity=0.9990234375)
+  """
+  _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+  _check_int("prune_every_epochs", prune_every_epochs, minimum=1)
+  _check_int("epochs", epochs, minimum=1)
+  events = (epochs - 1) // prune_every_epochs
+  return FlipOutSchedule(
+      steps_per_epoch * prune_every_epochs,
+      events,
+      flipout_sparsity(rate, events),
+  )
+
+
+def flip_counts(opt_state: Any) -> Any:
+  """The flip counters held in an optimizer state.
+
+  Finds the :class:`FlipOutState` anywhere inside ``opt_state``, as
+  :func:`jaxprune.masks_of` does.
+
+  Args:
+    opt_state: an optimizer state, or any pytree holding one.
+
+  Returns:
+    A tree with the structure of the params: the unsigned integer counters
+    of every prunable leaf, ``None`` for the others.
+
+  Raises:
+    ValueError: if ``opt_state`` holds no FlipOut state, or more than one.
+  """
+  is_state = lambda x: isinstance(x, FlipOutState)
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+  if not found:
+    raise ValueError(
+        "flip_counts found no FlipOut state in the given optimizer state; "
+        "was the optimizer built with jaxprune.flipout?"
+    )
+  if len(found) > 1:
+    raise ValueError(
+        f"flip_counts found {len(found)} FlipOut states in the given "
+        "optimizer state and cannot tell which counters you mean; call it on "
+        "the part of the state that holds the one you want"
+    )
+  return found[0].flips
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None):
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an integer, got {value!r}")
+  if value < minimum or (maximum is not None and value > maximum):
+    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def _check_rate(rate: Any) -> None:
+  if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+    raise TypeError(f"rate must be a number, got {rate!r}")
+  if not 0.0 < rate < 1.0:
+    raise ValueError(
+        f"rate must be in (0, 1), the fraction of surviving weights removed "
+        f"per pruning event; got {rate}"
+    )
+
+
+def _check_array_like(name: str, value: Any, positive: bool) -> None:
+  """Checks a scalar hyperparameter that may be traced (inject_hyperparams)."""
+  if isinstance(value, bool) or not (
+      isinstance(value, numbers.Real)
+      or jnp.issubdtype(getattr(value, "dtype", np.dtype(object)), jnp.number)
+  ):
+    raise TypeError(f"{name} must be a number, got {value!r}")
+  if jnp.ndim(value) != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
+  if isinstance(value, jax.core.Tracer):
+    return
+  number = float(np.asarray(value))
+  valid = number > 0 if positive else number >= 0
+  if not valid:
+    bound = "> 0" if positive else ">= 0"
+    raise ValueError(f"{name} must be {bound}, got {number}")
+
+
+def _counter_dtype(max_steps: int | None) -> np.dtype:
+  if max_steps is not None and max_steps <= np.iinfo(np.uint8).max:
+    return np.dtype(np.uint8)
+  if max_steps is None or max_steps <= np.iinfo(np.uint16).max:
+    return np.dtype(np.uint16)
+  return np.dtype(np.uint32)
+
+
+def _power(x: jax.Array, p: jax.typing.ArrayLike) -> jax.Array:
+  """``x ** p``, by repeated multiplication for a small integer ``p``."""
+  if not isinstance(p, jax.core.Tracer):
+    exponent = float(np.asarray(p))
+    if exponent.is_integer() and exponent <= 64:
+      return jax.lax.integer_pow(x, int(exponent))
+  return x ** p
+
+
+def _kept_after_events(
+    total: int, tensors: int, rate: float, final_sparsity: float | None
+) -> list[int]:
+  """Weights alive after 0, 1, 2, ... events, until the count stops changing.
+
+  Each event removes ``floor(rate * alive)``, down to the target
+  ``total - round(final_sparsity * total)`` and never below one weight per
+  tensor.
+  """
+  floor = tensors
+  if final_sparsity is not None:
+    target = total - round(final_sparsity * total)
+    if target < tensors:
+      raise ValueError(
+          f"final_sparsity {final_sparsity} keeps {target} of {total} weights, "
+          f"fewer than the {tensors} prunable tensors: some tensor would be "
+          "emptied. Lower final_sparsity."
+      )
+    floor = target
+  kept = [total]
+  while True:
+    alive = kept[-1]
+    after = max(alive - math.floor(rate * alive), floor)
+    if after >= alive:
+      return kept
+    kept.append(after)
+
+
+def flipout(
+    inner: optax.GradientTransformation,
+    *,
+    prune_every: int,
+    rate: float = 0.5,
+    p: jax.typing.ArrayLike = 2.0,
+    noise: jax.typing.ArrayLike = 1.0,
+    final_sparsity: float | None = None,
+    prunable: _trees.PrunablePredicate | None = None,
+    seed: int = 0,
+    max_steps: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Wraps ``inner`` so that it prunes by FlipOut as it trains.
+
+  Every update, in this order:
+
+  1. Pruning event, at the update whose step counter ``t`` is a positive
+     multiple of ``prune_every`` (``params`` are then the weights at the end
+     of a period): every surviving prunable weight is scored
+     ``|w|**p / (flips + 1)``, ranked over all prunable weights together
+     (ties by flat index), and ``floor(rate * alive)`` more weights are
+     pruned, ``alive`` being the number still alive.  Pruned weights never
+     come back.  Once ``final_sparsity`` is reached (the event that would
+     overshoot it prunes only up to ``round(final_sparsity * N)`` of the
+     ``N`` prunable weights), later events prune nothing.  Each tensor
+     keeps its best surviving weight, so no tensor is emptied: a
+     ``final_sparsity`` that leaves fewer weights than tensors raises at
+     ``init``, and without ``final_sparsity`` the events stop at one weight
+     per tensor.  The kept counts are computed on the host, exactly.
+  2. Gradient noise (the authors' recipe, ``noise = 1``): the gradients of
+     pruned weights are zeroed, then for every parameter tensor ``P`` with
+     a floating gradient, biases and norm scales included,
+     ``g_P += noise * (||g_P||_2 / sqrt(numel(P))) * N(0, I)``, drawn from
+     ``fold_in(key, t)``.  As in the authors' code, the norm is that of the
+     masked gradient and ``numel`` counts pruned weights too.
+     ``noise=0`` skips this step: no random numbers are drawn.
+  3. The gradients of pruned weights are zeroed and ``inner`` runs; its
+     updates are masked so that ``params + updates`` is exactly 0.0 where a
+     mask is False, under any optimizer.
+  4. Flip counting: ``flips += sign(params + updates) != sign(params)`` for
+     every prunable weight (the weights after the step, cast to the param
+     dtype as ``optax.apply_updates`` does, against the weights before it;
+     0 is a sign of its own), then the counters of pruned weights are set
+     to 0.  Counters are never reset at pruning events.
+
+  The counters are ``uint16`` and saturate at 65535: a weight that flipped
+  more often scores as if it had flipped 65535 times.  Pass ``max_steps``
+  (the length of the run) to get counters that cannot saturate: ``uint8``
+  up to 255 steps, ``uint16`` up to 65535, ``uint32`` above (still
+  saturating, at 2**32 - 1).
+
+  The authors rank ``w**p`` (signed, wrong for odd ``p``); this ranks
+  ``|w|**p``, equal for the default ``p = 2``.
+
+  Args:
+    inner: any optax transformation, e.g. ``optax.sgd(0.1, momentum=0.9)``.
+    prune_every: steps between pruning events, an integer >= 1; see
+      :func:`flipout_schedule` for the authors' schedule in epochs.
+    rate: the fraction of surviving weights removed per event, in (0, 1).
+    p: the exponent of the magnitude in the score, > 0.
+    noise: the scale of the gradient noise relative to each tensor's
+      gradient RMS, >= 0; 0 turns the noise off.
+    final_sparsity: ``None`` (prune at every event), or the fraction of
+      prunable weights after which pruning stops, in [0, 1).
+    prunable: ``(path, leaf) -> bool`` selecting the leaves to prune; by
+      default floating leaves with ``ndim >= 2`` (dense and conv kernels).
+    seed: seeds the gradient noise.
+    max_steps: ``None``, or the number of updates of the run, to choose
+      flip counters that cannot saturate.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
+    ``params`` and forwards extra arguments to ``inner``.  ``p`` and
+    ``noise`` may be injected with ``optax.inject_hyperparams``; the other
+    arguments fix the schedule and must be Python values.
+
+  Raises:
+    ValueError: ``prune_every < 1``, ``rate`` outside (0, 1), ``p <= 0``,
+      ``noise < 0``, ``final_sparsity`` outside [0, 1), ``max_steps < 1``;
+      at ``init``: a predicate that selects nothing, NaN or inf in prunable
+      params, a ``final_sparsity`` that would empty a tensor; at
+      ``update``: no params, trees that do not match.
+    TypeError: non-integer ``prune_every``, ``seed`` or ``max_steps``,
+      non-numeric ``rate`` or ``final_sparsity``, a ``prunable`` that is not
+      callable; at ``init``: non-float prunable leaves.
+
+  References:
+    Apostol, Stol and Forre, "FlipOut: Uncovering Redundant Weights via
+    Sign Flipping", 2020, https://arxiv.org/abs/2009.02594
+  """
+  _check_int("prune_every", prune_every, minimum=1, maximum=2**31 - 1)
+  _check_rate(rate)
+  _check_array_like("p", p, positive=True)
+  _check_array_like("noise", noise, positive=False)
+  if final_sparsity is not None:
+    if isinstance(final_sparsity, bool) or not isinstance(
+        final_sparsity, numbers.Real
+    ):
+      raise TypeError(
+          f"final_sparsity must be None or a number, got {final_sparsity!r}"
+      )
+    if not 0.0 <= final_sparsity < 1.0:
+      raise ValueError(f"final_sparsity must be in [0, 1), got {final_sparsity}")
+  if prunable is not None and not callable(prunable):
+    raise TypeError(
+        f"prunable must be a (path, leaf) -> bool function, got {prunable!r}"
+    )
+  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    raise TypeError(f"seed must be an integer, got {seed!r}")
+  if max_steps is not None:
+    _check_int("max_steps", max_steps, minimum=1)
+  counter_dtype = _counter_dtype(max_steps)
+  counter_max = np.iinfo(counter_dtype).max
+  noisy = isinstance(noise, jax.core.Tracer) or float(np.asarray(noise)) != 0.0
+  inner = optax.with_extra_args_support(inner)
+
+  def plan_for(params) -> _pruning._Plan:
+    return _pruning._plan_with(
+        params,
+        prunable,
+        "global",
+        lambda shapes: [
+            [k]
+            for k in _kept_after_events(
+                sum(math.prod(s) for s in shapes),
+                len(shapes),
+                rate,
+                final_sparsity,
+            )
+        ],
+    )
+
+  def init_fn(params):
+    plan = plan_for(params)
+    _pruning._check_finite(params, plan)
+    return FlipOutState(
+        step=jnp.zeros((), jnp.int32),
+        masks=_pruning._all_kept(plan, params),
+        flips=jax.tree.map(
+            lambda flag, x: (
+                jnp.zeros(jnp.shape(x), counter_dtype) if flag else None
+            ),
+            plan.prunable,
+            params,
+        ),
+        events=jnp.zeros((), jnp.int32),
+        key=jax.random.key_data(jax.random.key(seed)),
+        inner_state=inner.init(params),
+    )
+
+  def pruned_masks(masks, flips, params, plan: _pruning._Plan, kept):
+    old = _pruning._mask_leaves(masks)
+    keys = []
+    for w, f, m in zip(
+        _pruning._prunable_leaves(params, plan), jax.tree.leaves(flips), old
+    ):
+      score = _power(jnp.abs(w.astype(jnp.float32)), p)
+      score = score / (f.astype(jnp.float32) + 1.0)
+      keys.append(_pruning._with_best_forced(_selection.ranking_keys(score, m)))
+    new = _selection.keep_top_k(keys, plan.group_ids, plan.group_sizes, kept)
+    new = [k & m for k, m in zip(new, old)]
+    return jax.tree.unflatten(jax.tree.structure(masks), new)
+
+  def noisy_gradients(grads, key):
+    leaves, treedef = jax.tree.flatten(grads)
+    keys = jax.random.split(key, max(len(leaves), 1))
+
+    def add_noise(g, k):
+      floating = jnp.issubdtype(jnp.result_type(g), jnp.floating)
+      if not floating or jnp.size(g) == 0:
+        return g
+      g32 = g.astype(jnp.float32)
+      rms = jnp.sqrt(jnp.sum(jnp.square(g32)) / jnp.size(g))
+      draw = jax.random.normal(k, jnp.shape(g), jnp.float32)
+      return (g32 + noise * rms * draw).astype(g.dtype)
+
+    return jax.tree.unflatten(
+        treedef, [add_noise(g, keys[i]) for i, g in enumerate(leaves)]
+    )
+
+  def counted_flips(flips, masks, updates, params):
+    def count(f, m, u, w):
+      if f is None:
+        return None
+      after = jnp.asarray(w + u).astype(jnp.result_type(w))
+      flipped = jnp.sign(after) != jnp.sign(w)
+      room = f < jnp.asarray(counter_max, f.dtype)  # saturating increment
+      f = f + (flipped & room).astype(f.dtype)
+      return jnp.where(m, f, jnp.zeros_like(f))
+
+    return jax.tree.map(
+        count, flips, masks, updates, params, is_leaf=lambda x: x is None
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    _pruning._require_params(params, "flipout")
+    _trees.check_same_structure(params, updates, "the updates (gradients)")
+    plan = plan_for(params)
+    _pruning._check_masks(params, state.masks, plan)
+    _trees.check_same_structure(
+        state.masks, state.flips, "the flip counters in the optimizer state"
+    )
+    kept = jnp.asarray(plan.kept[:, 0])
+    last = plan.kept.shape[0] - 1
+    due = (state.step > 0) & (state.step % prune_every == 0)
+    target = kept[jnp.minimum(state.events + 1, last)]
+    masks = state.masks
+    if last > 0:
+      masks = _pruning._apply_if(
+          due & (target < kept[jnp.minimum(state.events, last)]),
+          lambda m: pruned_masks(m, state.flips, params, plan, target[None]),
+          state.masks,
+      )
+    grads = updates
+    if noisy:
+      key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+      grads = noisy_gradients(_pruning._mask_gradients(masks, grads), key)
+    inner_updates, inner_state = inner.update(
+        _pruning._mask_gradients(masks, grads),
+        state.inner_state,
+        params,
+        **extra_args,
+    )
+    updates = _pruning._zero_pruned_params(masks, inner_updates, params)
+    new_state = FlipOutState(
+        step=optax.safe_increment(state.step),
+        masks=masks,
+        flips=counted_flips(state.flips, masks, updates, params),
+        events=state.events + due.astype(jnp.int32),
+        key=state.key,
+        inner_state=inner_state,
+    )
+    return updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
