@@ -171,7 +171,7 @@ def load_checkpoint(config: Config, workdir: str | pathlib.Path,
                                   "runs/lenet300_mnist")
     state.params, state.masks
   """
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).absolute()
   manager = _checkpoint_manager(workdir)
   step = manager.latest_step() if step is None else step
   if step is None:
@@ -215,7 +215,7 @@ def train_and_evaluate(
   Returns:
     The summary, as written to ``summary.json``.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).absolute()  # Orbax needs absolute paths
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
   train_split = data.load(config.dataset, "train", source_dir=config.source_dir,

@@ -104,6 +104,15 @@ def test_two_devices_match_one(data_dirs, smoke_run, tmp_path):
   assert two["final_test_loss"] == pytest.approx(one["final_test_loss"], rel=1e-3)
 
 
+def test_relative_workdir(data_dirs, tmp_path, monkeypatch):
+  # The README's main job writes to runs/NAME, relative to the current folder.
+  monkeypatch.chdir(tmp_path)
+  config = _smoke(data_dirs, steps=4, eval_every=0, checkpoint_every=2)
+  train.train_and_evaluate(config, "runs/relative", progress=False)
+  assert (tmp_path / "runs" / "relative" / "summary.json").exists()
+  assert int(train.load_checkpoint(config, "runs/relative").step) == 4
+
+
 def test_cli_rejects_a_bad_override(capsys):
   assert run.main(["smoke", "--set", "stepz=1"]) == 2
   assert "unknown config field 'stepz'" in capsys.readouterr().err

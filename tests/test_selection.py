@@ -127,3 +127,11 @@ def test_low_precision_scores(dtype):
       jnp.array([2]),
   )
   assert np.asarray(got).tolist() == [False, False, True, True]
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2**24 + 3,), (3, 2**23 + 1)])
+def test_count_true_is_exact(shape):
+  x = jnp.arange(np.prod(shape), dtype=jnp.int32).reshape(shape) % 3 != 0
+  want = int(np.count_nonzero(np.arange(np.prod(shape)) % 3 != 0))
+  got = jax.jit(_selection.count_true)(x)
+  assert got.dtype == jnp.int32 and int(got) == want
