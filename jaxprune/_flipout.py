@@ -168,20 +168,10 @@ def flip_counts(opt_state: Any) -> Any:
   Raises:
     ValueError: if ``opt_state`` holds no FlipOut state, or more than one.
   """
-  is_state = lambda x: isinstance(x, FlipOutState)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
-  if not found:
-    raise ValueError(
-        "flip_counts found no FlipOut state in the given optimizer state; "
-        "was the optimizer built with jaxprune.flipout?"
-    )
-  if len(found) > 1:
-    raise ValueError(
-        f"flip_counts found {len(found)} FlipOut states in the given "
-        "optimizer state and cannot tell which counters you mean; call it on "
-        "the part of the state that holds the one you want"
-    )
-  return found[0].flips
+  return _inspect.find_state(
+      opt_state, lambda x: isinstance(x, FlipOutState), "flip_counts",
+      "FlipOut state", "jaxprune.flipout",
+  ).flips
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None):

@@ -49,24 +49,33 @@ def masks_of(opt_state: Any) -> Any:
   Raises:
     ValueError: if ``opt_state`` holds no pruning state, or more than one.
   """
+  return find_state(
+      opt_state, _is_mask_state, "masks_of", "pruning state",
+      "a jaxprune transformation (jaxprune.prune, jaxprune.flipout)",
+  ).masks
+
+
+def find_state(opt_state: Any, is_state, caller: str, what: str, built_with: str):
+  """The one sub-state of ``opt_state`` for which ``is_state`` holds.
+
+  Raises:
+    ValueError: naming ``caller``, if there is none or more than one.
+  """
   found = [
-      x
-      for x in jax.tree.leaves(opt_state, is_leaf=_is_mask_state)
-      if _is_mask_state(x)
+      x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)
   ]
   if not found:
     raise ValueError(
-        "masks_of found no pruning state in the given optimizer state; was "
-        "the optimizer built with a jaxprune transformation (jaxprune.prune, "
-        "jaxprune.flipout)?"
+        f"{caller} found no {what} in the given optimizer state; was the "
+        f"optimizer built with {built_with}?"
     )
   if len(found) > 1:
     raise ValueError(
-        f"masks_of found {len(found)} pruning states in the given optimizer "
-        "state and cannot tell which masks you mean; call it on the part of "
-        "the state that holds the one you want"
+        f"{caller} found {len(found)} {what}s in the given optimizer state "
+        "and cannot tell which one you mean; call it on the part of the state "
+        "that holds the one you want"
     )
-  return found[0].masks
+  return found[0]
 
 
 class Sparsity(NamedTuple):
