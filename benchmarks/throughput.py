@@ -52,26 +52,38 @@ def _timed_steps(step, params, opt_state, x, y, count):
   return params, opt_state, times
 
 
+def _pruned_optimizer(method: str, steps: int):
+  """The pruned adam of ``method`` and the steps at which it updates masks."""
+  inner = optax.adam(1e-3)
+  if method == "magnitude":
+    schedule = jaxprune.schedules.polynomial(
+        final_sparsity=0.9, begin_step=0, end_step=steps - 1, frequency=100
+    )
+    tx = jaxprune.prune(inner, criterion=jaxprune.criteria.magnitude,
+                        schedule=schedule)
+    return tx, set(schedule.steps), "prune(adam, magnitude, polynomial every 100 steps)"
+  if method == "flipout":
+    tx = jaxprune.flipout(inner, prune_every=100, rate=0.5, final_sparsity=0.9)
+    return tx, set(range(100, steps, 100)), "flipout(adam, every 100 steps, noise 1)"
+  raise ValueError(f"unknown method {method!r}; expected magnitude or flipout")
+
+
 def measure(steps: int, batch: int, block: int = 25, warmup: int = 20,
-            seed: int = 0) -> dict:
-  """Times plain adam against prune(adam, magnitude, polynomial) on LeNet-300-100.
+            seed: int = 0, model_name: str = "lenet300100",
+            method: str = "magnitude") -> dict:
+  """Times plain adam against a pruned adam on one model.
 
   The two runs advance in rounds of ``block`` steps each, in a random order
   per round; the ratio is the median over rounds of the pruned block's
   median (steps without a mask update) over the plain block's median, so
   that slow phases of a shared machine cancel.
   """
-  model = models.LeNet300100()
+  model = models.get_model(model_name)
   x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
   y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
   init = model.init(jax.random.key(2), x)["params"]
-  schedule = jaxprune.schedules.polynomial(
-      final_sparsity=0.9, begin_step=0, end_step=steps - 1, frequency=100
-  )
   plain_tx = optax.adam(1e-3)
-  pruned_tx = jaxprune.prune(
-      optax.adam(1e-3), criterion=jaxprune.criteria.magnitude, schedule=schedule
-  )
+  pruned_tx, update_steps, description = _pruned_optimizer(method, steps)
   runs = {}
   for name, tx in (("plain", plain_tx), ("pruned", pruned_tx)):
     step = _train_step(model, tx)
@@ -82,7 +94,6 @@ def measure(steps: int, batch: int, block: int = 25, warmup: int = 20,
     _timed_steps(step, *warm, x, y, warmup)
     runs[name] = dict(step=step, params=params, opt_state=opt_state, times=[])
   rng = np.random.default_rng(seed)
-  update_steps = set(schedule.steps)
   ratios, done = [], 0
   while done < steps:
     count = min(block, steps - done)
@@ -101,13 +112,13 @@ def measure(steps: int, batch: int, block: int = 25, warmup: int = 20,
     done += count
   plain = np.asarray(runs["plain"]["times"])
   pruned = np.asarray(runs["pruned"]["times"])
-  is_update = np.isin(np.arange(steps), schedule.steps)
+  is_update = np.isin(np.arange(steps), sorted(update_steps))
   final_sparsity = float(
       jaxprune.sparsity(jaxprune.masks_of(runs["pruned"]["opt_state"])).global_sparsity
   )
   return {
-      "model": "LeNet-300-100",
-      "method": "prune(adam, magnitude, polynomial every 100 steps)",
+      "model": model_name,
+      "method": description,
       "batch": batch,
       "steps": steps,
       "plain_median_s": float(np.median(plain)),
@@ -124,15 +135,19 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--model", default="lenet300100",
+                      help="a model of experiments.models without batch norm")
+  parser.add_argument("--method", default="magnitude", help="magnitude or flipout")
   parser.add_argument("--out", help="write the record as JSON to this file")
   args = parser.parse_args()
   print(f"jax {jax.__version__}, devices {jax.devices()}, host {platform.node()}, "
         f"{platform.processor() or platform.machine()}")
-  record = measure(args.steps, args.batch)
+  record = measure(args.steps, args.batch, model_name=args.model,
+                   method=args.method)
   print(
-      f"{record['model']} batch {record['batch']}, {record['steps']} steps: "
-      f"plain adam {record['plain_median_s'] * 1e3:.3f} ms, pruned (no mask "
-      f"update) {record['pruned_median_s'] * 1e3:.3f} ms, ratio "
+      f"{record['model']} batch {record['batch']}, {record['steps']} steps, "
+      f"{record['method']}: plain adam {record['plain_median_s'] * 1e3:.3f} ms, "
+      f"pruned (no mask update) {record['pruned_median_s'] * 1e3:.3f} ms, ratio "
       f"{record['ratio']:.3f} (quartiles {record['ratio_quartiles'][0]:.3f}-"
       f"{record['ratio_quartiles'][1]:.3f}); mask-update step "
       f"{record['pruned_update_median_s'] * 1e3:.3f} ms; amortised ratio "
