@@ -239,7 +239,6 @@ def train_and_evaluate(
   first = int(state.step)
   bar = tqdm.tqdm(total=config.steps, initial=first, disable=not progress,
                   desc=config.name, unit="step", dynamic_ncols=True)
-  best_accuracy = 0.0
   with open(metrics_path, "a") as log:
 
     def write(record):
