@@ -343,7 +343,7 @@ def prune(
     )
     new = [k & m for k, m in zip(kept, old)]
     nan_scores = sum(
-        jnp.sum(jnp.isnan(s) & m, dtype=jnp.int32)
+        _selection.count_true(jnp.isnan(s) & m)
         for s, m in zip(new_scores, old)
     )
     masks = jax.tree.unflatten(jax.tree.structure(state.masks), new)
