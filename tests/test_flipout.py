@@ -10,6 +10,7 @@ import pytest
 
 import jaxprune
 import reference
+import stepping
 from test_optimizers import _OPTIMIZERS, _STEPS, _train
 
 _NEVER = 2**31 - 1  # a prune_every that never comes
@@ -19,22 +20,7 @@ def _kernels(tree):
   return [tree["a"], tree["b"]]
 
 
-def _run(tx, params, grads_fn, steps, state=None, jit=True):
-  """Runs ``steps`` updates; returns the (params, state) after every one."""
-  traces = []
-
-  def step(params, state, grads):
-    traces.append(None)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  step = jax.jit(step) if jit else step
-  state = tx.init(params) if state is None else state
-  history = []
-  for t in range(steps):
-    params, state = step(params, state, grads_fn(params, t))
-    history.append((params, state))
-  return history, len(traces)
+_run = stepping.run_steps
 
 
 def _random_grads(params, t):

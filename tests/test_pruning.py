@@ -10,6 +10,7 @@ import pytest
 
 import jaxprune
 import reference
+import stepping
 from jaxprune import criteria, schedules
 
 
@@ -97,20 +98,9 @@ def test_ties_are_broken_by_flat_index():
 
 
 def _run(tx, params, steps, jit=True):
-  traces = []
-
-  def step(params, state, grads):
-    traces.append(None)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  step = jax.jit(step) if jit else step
-  state = tx.init(params)
-  history = []
-  for t in range(steps):
-    params, state = step(params, state, _grads(params, t))
-    history.append((params, jaxprune.masks_of(state)))
-  return history, len(traces)
+  """(params, masks) after every update, and the number of traces."""
+  history, traces = stepping.run_steps(tx, params, _grads, steps, jit=jit)
+  return [(p, jaxprune.masks_of(s)) for p, s in history], traces
 
 
 def test_polynomial_schedule_compiles_once_and_counts_are_exact():
