@@ -8,14 +8,14 @@ A 4-layer MLP (``width -> width`` three times, then ``width -> 10``; width
 1155 is 4.0M parameters, 2944 is 26.0M, 5773 is 100M) trains on a fixed batch of 32 with
 plain adam and with ``prune(adam, magnitude)`` on a schedule that raises the
 global sparsity at every step, so every pruned step ranks all weights.
-Both steps are jitted with donated state and warmed up; the medians of the
-timed steps (``block_until_ready``) and their ratio are printed.
+Both use the jitted train step of ``benchmarks.throughput`` (donated state),
+warmed up by one step; the medians of the timed steps
+(``block_until_ready``) and their ratio are printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import flax.linen as nn
 import jax
@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 import jaxprune
+from benchmarks import throughput
 
 
 class _MLP(nn.Module):
@@ -37,22 +38,11 @@ class _MLP(nn.Module):
 
 
 def _median_step_time(model, x, y, params, tx, steps: int) -> float:
-  def step(params, opt_state):
-    def loss(p):
-      logits = model.apply({"params": p}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  step = jax.jit(step, donate_argnums=(0, 1))
+  step = throughput._train_step(model, tx)
   params = jax.tree.map(jnp.copy, params)
-  state = step(params, tx.init(params))  # compile and warm up
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state = jax.block_until_ready(step(*state))
-    times.append(time.perf_counter() - start)
+  opt_state = tx.init(params)
+  params, opt_state, _ = throughput._timed_steps(step, params, opt_state, x, y, 1)
+  _, _, times = throughput._timed_steps(step, params, opt_state, x, y, steps)
   return float(np.median(times))
 
 

@@ -117,20 +117,20 @@ def _eval_step(state: TrainState, batch):
   return loss_sum, correct
 
 
-def _masks_or_params(state: TrainState):
-  """The masks if the optimizer prunes, else the params (dense runs)."""
+def sparsity_report(state: TrainState) -> jaxprune.Sparsity:
+  """Sparsity of the masks if the optimizer prunes, else of the params."""
   try:
-    return state.masks
-  except ValueError:
-    return state.params
+    tree = state.masks
+  except ValueError:  # a dense run: no pruning state
+    tree = state.params
+  return jaxprune.sparsity(tree)
 
 
 def _layer_name(path) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
-def per_layer_sparsity(state: TrainState) -> dict[str, float]:
-  report = jaxprune.sparsity(_masks_or_params(state))
+def per_layer_sparsity(report: jaxprune.Sparsity) -> dict[str, float]:
   flat = jax.tree_util.tree_flatten_with_path(report.per_leaf)[0]
   return {_layer_name(path): float(v) for path, v in flat}
 
@@ -250,7 +250,7 @@ def train_and_evaluate(
       state, metrics = train_step(state, data.shard(batch, mesh))
       done = step + 1
       if done % config.log_every == 0 or done == config.steps:
-        sparsity = float(jaxprune.sparsity(_masks_or_params(state)).global_sparsity)
+        sparsity = float(sparsity_report(state).global_sparsity)
         record = {"kind": "train", "step": done, "loss": float(metrics["loss"]),
                   "accuracy": float(metrics["accuracy"]), "sparsity": sparsity}
         write(record)
@@ -258,7 +258,7 @@ def train_and_evaluate(
                         acc=f"{record['accuracy']:.3f}", sparsity=f"{sparsity:.3f}")
       if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
         test_loss, test_accuracy = evaluate(eval_step, state, test_split, config, mesh)
-        sparsity = float(jaxprune.sparsity(_masks_or_params(state)).global_sparsity)
+        sparsity = float(sparsity_report(state).global_sparsity)
         write({"kind": "eval", "step": done, "test_loss": test_loss,
                "test_accuracy": test_accuracy, "sparsity": sparsity})
       if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
@@ -275,12 +275,13 @@ def train_and_evaluate(
     test_loss, test_accuracy = evaluate(eval_step, state, test_split, config, mesh)
     final = {"step": config.steps, "test_loss": test_loss, "test_accuracy": test_accuracy}
   best_accuracy = max([r["test_accuracy"] for r in evals] + [final["test_accuracy"]])
+  report = sparsity_report(state)
   summary = {
       "final_test_accuracy": final["test_accuracy"],
       "final_test_loss": final["test_loss"],
       "best_test_accuracy": best_accuracy,
-      "global_sparsity": float(jaxprune.sparsity(_masks_or_params(state)).global_sparsity),
-      "per_layer_sparsity": per_layer_sparsity(state),
+      "global_sparsity": float(report.global_sparsity),
+      "per_layer_sparsity": per_layer_sparsity(report),
       "params": models.count_params(state.params),
       "nonzero_params": int(sum(int(jnp.sum(p != 0)) for p in jax.tree.leaves(state.params))),
       "steps": config.steps,
