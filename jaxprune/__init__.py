@@ -2,6 +2,10 @@
 
 from jaxprune import criteria
 from jaxprune import schedules
+from jaxprune._constraints import DualAscentState
+from jaxprune._constraints import density_constraint
+from jaxprune._constraints import dual_ascent
+from jaxprune._constraints import l0_penalty
 from jaxprune._flipout import FlipOutSchedule
 from jaxprune._flipout import FlipOutState
 from jaxprune._flipout import flip_counts
@@ -11,6 +15,14 @@ from jaxprune._flipout import flipout_sparsity
 from jaxprune._inspect import Sparsity
 from jaxprune._inspect import masks_of
 from jaxprune._inspect import sparsity
+from jaxprune._l0 import Density
+from jaxprune._l0 import add_gates
+from jaxprune._l0 import apply_gates
+from jaxprune._l0 import clip_log_alpha
+from jaxprune._l0 import expected_density
+from jaxprune._l0 import expected_l0
+from jaxprune._l0 import gate_labels
+from jaxprune._l0 import hard_masks
 from jaxprune._pruning import PruneState
 from jaxprune._pruning import prune
 from jaxprune._train_state import TrainState
@@ -18,16 +30,28 @@ from jaxprune._train_state import TrainState
 __version__ = "0.1.0.dev0"
 
 __all__ = (
+    "Density",
+    "DualAscentState",
     "FlipOutSchedule",
     "FlipOutState",
     "PruneState",
     "Sparsity",
     "TrainState",
+    "add_gates",
+    "apply_gates",
+    "clip_log_alpha",
     "criteria",
+    "density_constraint",
+    "dual_ascent",
+    "expected_density",
+    "expected_l0",
     "flip_counts",
     "flipout",
     "flipout_schedule",
     "flipout_sparsity",
+    "gate_labels",
+    "hard_masks",
+    "l0_penalty",
     "masks_of",
     "prune",
     "schedules",
