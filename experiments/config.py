@@ -50,6 +50,15 @@ class Config:
   rate: float = 0.5
   flipout_p: float = 2.0
   noise: float = 1.0
+  # L0 gates (methods l0_constrained and l0_penalty; experiments.constrained).
+  gates: str = "unit"  # unit (input neurons and filters) | weight
+  drop_rate: float = 0.5  # initial d0: log_alpha ~ N(log((1 - d0) / d0), 0.01)
+  input_drop_rate: float = 0.2  # d0 of an MLP's first layer (Louizos et al.)
+  density_target: float = 0.5  # l0_constrained: expected density <= target
+  density_scope: str = "model"  # model | layer
+  dual_lr: float = 1e-4
+  gate_learning_rate: float = 0.0  # log_alpha's own Adam step; 0: learning_rate
+  penalty: float = 0.1  # l0_penalty: lambda; the loss gets lambda / N_train * E[L0]
   # Bookkeeping.
   log_every: int = 50
   eval_every: int = 500  # 0: only at the end

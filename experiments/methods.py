@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import jax
 import optax
 
 import jaxprune
@@ -64,6 +66,28 @@ def _with_criterion(criterion):
   return build
 
 
+_TRAIN_EXAMPLES = 60000  # N_train of MNIST and Fashion-MNIST
+
+
+def _l0_constrained(inner: optax.GradientTransformation, config: Config):
+  """Gallego-Posada et al. (2022): expected density <= target, by dual ascent."""
+  constraint = jaxprune.density_constraint(config.density_target, config.density_scope)
+  return optax.chain(
+      jaxprune.dual_ascent(constraint, dual_lr=config.dual_lr),
+      inner,
+      jaxprune.clip_log_alpha(),
+  )
+
+
+def _l0_penalty(inner: optax.GradientTransformation, config: Config):
+  """Louizos et al. (2018): loss + lambda / N_train * E[L0]."""
+  return optax.chain(
+      jaxprune.l0_penalty(config.penalty / _TRAIN_EXAMPLES),
+      inner,
+      jaxprune.clip_log_alpha(),
+  )
+
+
 METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.GradientTransformation]] = {
     "dense": lambda inner, config: inner,
     "magnitude": _with_criterion(jaxprune.criteria.magnitude),
@@ -83,7 +107,43 @@ METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.Gradie
         schedule=jaxprune.schedules.constant(config.sparsity),
         allocation=config.allocation, seed=config.seed,
     ),
+    # L0 gates (see gated_params): the density as a constraint, or a penalty.
+    "l0_constrained": _l0_constrained,
+    "l0_penalty": _l0_penalty,
 }
+
+GATED_METHODS = ("l0_constrained", "l0_penalty")
+
+
+def init_params(config: Config, params: Any) -> Any:
+  """The initial params to train: with L0 gates added for a gated method."""
+  if config.method not in GATED_METHODS:
+    return params
+
+  def drop_rate(path, leaf):  # Louizos et al.: 0.2 for an MLP's input layer
+    del leaf
+    first_dense = config.model == "lenet300100" and path[0] == "Dense_0"
+    return config.input_drop_rate if first_dense else config.drop_rate
+
+  granularity = {"unit": "unit", "weight": "weight"}.get(config.gates)
+  if granularity is None:
+    raise ValueError(f"unknown gates {config.gates!r}; expected unit or weight")
+  return jaxprune.add_gates(
+      params, jax.random.key(config.seed + 7919), granularity=granularity,
+      drop_rate=drop_rate,
+  )
+
+
+def model_params(config: Config, params: Any, step: jax.Array | None = None) -> Any:
+  """The params the model is applied with: gated ones sample their gates at
+  training ``step`` (a key folded from the seed and the step, so a resumed
+  run draws the same gates), or use the test-time gates if ``step`` is None."""
+  if config.method not in GATED_METHODS:
+    return params
+  if step is None:
+    return jaxprune.apply_gates(params)
+  key = jax.random.fold_in(jax.random.key(config.seed + 104729), step)
+  return jaxprune.apply_gates(params, key)
 
 
 def build(inner: optax.GradientTransformation, config: Config):

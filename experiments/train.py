@@ -18,6 +18,7 @@ CPU, several (simulated) devices, a GPU or a TPU host.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import time
@@ -37,6 +38,7 @@ from experiments import data
 from experiments import methods
 from experiments import models
 from experiments import plots
+from experiments import structure
 from experiments.config import Config, to_dict
 
 
@@ -60,6 +62,11 @@ def _optimizer(config: Config) -> optax.GradientTransformation:
     raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
   if config.optimizer == "adam":
     inner = optax.adam(lr)
+    if config.gate_learning_rate and config.method in methods.GATED_METHODS:
+      inner = optax.partition(
+          {"weights": inner, "gates": optax.adam(config.gate_learning_rate)},
+          jaxprune.gate_labels,
+      )
   elif config.optimizer == "adamw":
     inner = optax.adamw(lr, weight_decay=config.weight_decay)
   elif config.optimizer == "sgd":
@@ -77,7 +84,7 @@ def create_state(config: Config, model, sample: np.ndarray) -> TrainState:
   variables = model.init(jax.random.key(config.seed), sample, train=False)
   return TrainState.create(
       apply_fn=model.apply,
-      params=variables["params"],
+      params=methods.init_params(config, variables["params"]),
       tx=_optimizer(config),
       batch_stats=variables.get("batch_stats", {}),
   )
@@ -92,10 +99,11 @@ def _loss_and_accuracy(logits, labels, mask=None):
   return (losses * mask).sum(), (correct * mask).sum()
 
 
-def _train_step(state: TrainState, batch):
+def _train_step(state: TrainState, batch, config: Config):
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats},
+        {"params": methods.model_params(config, params, state.step),
+         "batch_stats": state.batch_stats},
         batch["image"], train=True, mutable=["batch_stats"],
     )
     loss, accuracy = _loss_and_accuracy(logits, batch["label"])
@@ -108,22 +116,67 @@ def _train_step(state: TrainState, batch):
   return state, {"loss": loss, "accuracy": accuracy}
 
 
-def _eval_step(state: TrainState, batch):
+def _eval_step(state: TrainState, batch, config: Config):
   logits = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats},
+      {"params": methods.model_params(config, state.params),
+       "batch_stats": state.batch_stats},
       batch["image"], train=False,
   )
   loss_sum, correct = _loss_and_accuracy(logits, batch["label"], batch["mask"])
   return loss_sum, correct
 
 
-def sparsity_report(state: TrainState) -> jaxprune.Sparsity:
-  """Sparsity of the masks if the optimizer prunes, else of the params."""
+def final_masks(state: TrainState):
+  """The masks of the pruning state, or the hard masks of L0 gates, or None."""
   try:
-    tree = state.masks
-  except ValueError:  # a dense run: no pruning state
-    tree = state.params
-  return jaxprune.sparsity(tree)
+    return state.masks
+  except ValueError:  # no pruning state
+    pass
+  try:
+    return jaxprune.hard_masks(state.params)
+  except ValueError:  # no gates either: a dense run
+    return None
+
+
+def sparsity_report(state: TrainState) -> jaxprune.Sparsity:
+  """Sparsity of the masks if the run prunes or gates, else of the params."""
+  masks = final_masks(state)
+  return jaxprune.sparsity(state.params if masks is None else masks)
+
+
+def gate_metrics(state: TrainState) -> dict:
+  """Expected density and multipliers of an L0-gated run ({} otherwise)."""
+  try:
+    density = jaxprune.expected_density(state.params)
+  except ValueError:
+    return {}
+  metrics = {"expected_density": float(density.model)}
+  duals = [s for s in jax.tree.leaves(
+      state.opt_state, is_leaf=lambda x: isinstance(x, jaxprune.DualAscentState))
+      if isinstance(s, jaxprune.DualAscentState)]
+  if duals:
+    metrics["multipliers"] = np.concatenate(
+        [np.ravel(m) for m in duals[0].multipliers]).tolist()
+  return metrics
+
+
+def structure_report(state: TrainState, config: Config) -> dict:
+  """Expected density per layer, and the params left once the units that the
+  gates cut off are removed (sequential models); {} for an ungated run."""
+  metrics = gate_metrics(state)
+  if not metrics:
+    return {}
+  density = jaxprune.expected_density(state.params)
+  model_params = methods.model_params(config, state.params)
+  kept = structure.kept_params(
+      jax.device_get(model_params), jax.device_get(final_masks(state)))
+  return {
+      **metrics,
+      "expected_density_per_layer": {k: float(v) for k, v in density.layers.items()},
+      "kept_params": kept.kept,
+      "kept_fraction": kept.fraction,
+      "units": kept.units,
+  }
 
 
 def _layer_name(path) -> str:
@@ -234,8 +287,9 @@ def train_and_evaluate(
   elif metrics_path.exists():
     metrics_path.unlink()  # a fresh run starts a fresh log
 
-  train_step = jax.jit(_train_step, donate_argnums=0, out_shardings=(replicated, replicated))
-  eval_step = jax.jit(_eval_step)
+  train_step = jax.jit(functools.partial(_train_step, config=config),
+                       donate_argnums=0, out_shardings=(replicated, replicated))
+  eval_step = jax.jit(functools.partial(_eval_step, config=config))
   first = int(state.step)
   bar = tqdm.tqdm(total=config.steps, initial=first, disable=not progress,
                   desc=config.name, unit="step", dynamic_ncols=True)
@@ -252,7 +306,8 @@ def train_and_evaluate(
       if done % config.log_every == 0 or done == config.steps:
         sparsity = float(sparsity_report(state).global_sparsity)
         record = {"kind": "train", "step": done, "loss": float(metrics["loss"]),
-                  "accuracy": float(metrics["accuracy"]), "sparsity": sparsity}
+                  "accuracy": float(metrics["accuracy"]), "sparsity": sparsity,
+                  **gate_metrics(state)}
         write(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}",
                         acc=f"{record['accuracy']:.3f}", sparsity=f"{sparsity:.3f}")
@@ -276,17 +331,19 @@ def train_and_evaluate(
     final = {"step": config.steps, "test_loss": test_loss, "test_accuracy": test_accuracy}
   best_accuracy = max([r["test_accuracy"] for r in evals] + [final["test_accuracy"]])
   report = sparsity_report(state)
+  model_params = methods.model_params(config, state.params)
   summary = {
       "final_test_accuracy": final["test_accuracy"],
       "final_test_loss": final["test_loss"],
       "best_test_accuracy": best_accuracy,
       "global_sparsity": float(report.global_sparsity),
       "per_layer_sparsity": per_layer_sparsity(report),
-      "params": models.count_params(state.params),
-      "nonzero_params": int(sum(int(jnp.sum(p != 0)) for p in jax.tree.leaves(state.params))),
+      "params": models.count_params(model_params),
+      "nonzero_params": int(sum(int(jnp.sum(p != 0)) for p in jax.tree.leaves(model_params))),
       "steps": config.steps,
       "wall_time_s": time.perf_counter() - started,
       "devices": jax.device_count(),
+      **({"l0": l0} if (l0 := structure_report(state, config)) else {}),
       "config": to_dict(config),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -116,3 +116,28 @@ def test_relative_workdir(data_dirs, tmp_path, monkeypatch):
 def test_cli_rejects_a_bad_override(capsys):
   assert run.main(["smoke", "--set", "stepz=1"]) == 2
   assert "unknown config field 'stepz'" in capsys.readouterr().err
+
+
+def test_a_gated_run_logs_density_and_multipliers_and_resumes(data_dirs, tmp_path):
+  """An L0-constrained smoke run: its gates are in the checkpoint, its
+  records carry the expected density and the multiplier, and a resumed run
+  ends where an uninterrupted one does."""
+  config = _smoke(data_dirs, method="l0_constrained", density_target=0.5,
+                  dual_lr=1.0, gate_learning_rate=0.05)
+  summary = train.train_and_evaluate(config, tmp_path / "full", progress=False)
+  l0 = summary["l0"]
+  assert 0.0 < l0["expected_density"] < 1.0
+  assert l0["multipliers"][0] > 0.0  # the density started above the target
+  assert set(l0["units"]) == {"Dense_0", "Dense_1", "Dense_2"}
+  assert summary["params"] == 266610  # the model's own params, no gates
+  records = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  assert all("expected_density" in r for r in records if r["kind"] == "train")
+
+  half = dataclasses.replace(config, steps=10)
+  train.train_and_evaluate(half, tmp_path / "resumed", progress=False)
+  train.train_and_evaluate(config, tmp_path / "resumed", resume=True, progress=False)
+  full = train.load_checkpoint(config, tmp_path / "full")
+  resumed = train.load_checkpoint(config, tmp_path / "resumed")
+  assert "log_alpha" in full.params["Dense_0"]
+  for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
