@@ -29,10 +29,13 @@ import jaxprune
 from experiments import models
 
 
-def _train_step(model, tx):
+def _train_step(model, tx, forward=None):
+  """The jitted train step; ``forward`` maps the trained params to the
+  model's (L0 gates: sampled with a fixed key, which costs what a fresh key
+  does)."""
   def step(params, opt_state, x, y):
     def loss_fn(p):
-      logits = model.apply({"params": p}, x)
+      logits = model.apply({"params": p if forward is None else forward(p)}, x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -52,8 +55,13 @@ def _timed_steps(step, params, opt_state, x, y, count):
   return params, opt_state, times
 
 
+def _l0_forward(params):
+  return jaxprune.apply_gates(params, jax.random.key(3))
+
+
 def _pruned_optimizer(method: str, steps: int):
-  """The pruned adam of ``method`` and the steps at which it updates masks."""
+  """The pruned adam of ``method``, the steps at which it updates masks, its
+  description and, for L0 gates, the forward transform of the params."""
   inner = optax.adam(1e-3)
   if method == "magnitude":
     schedule = jaxprune.schedules.polynomial(
@@ -61,11 +69,28 @@ def _pruned_optimizer(method: str, steps: int):
     )
     tx = jaxprune.prune(inner, criterion=jaxprune.criteria.magnitude,
                         schedule=schedule)
-    return tx, set(schedule.steps), "prune(adam, magnitude, polynomial every 100 steps)"
+    return (tx, set(schedule.steps),
+            "prune(adam, magnitude, polynomial every 100 steps)", None)
   if method == "flipout":
     tx = jaxprune.flipout(inner, prune_every=100, rate=0.5, final_sparsity=0.9)
-    return tx, set(range(100, steps, 100)), "flipout(adam, every 100 steps, noise 1)"
-  raise ValueError(f"unknown method {method!r}; expected magnitude or flipout")
+    return (tx, set(range(100, steps, 100)),
+            "flipout(adam, every 100 steps, noise 1)", None)
+  if method == "l0":
+    tx = optax.chain(
+        jaxprune.dual_ascent(jaxprune.density_constraint(0.5), dual_lr=1e-2),
+        inner, jaxprune.clip_log_alpha(),
+    )
+    return (tx, set(), "L0 unit gates + dual_ascent(density 0.5) + adam + clip",
+            _l0_forward)
+  raise ValueError(f"unknown method {method!r}; expected magnitude, flipout or l0")
+
+
+def _final_sparsity(params, opt_state) -> float:
+  try:
+    masks = jaxprune.masks_of(opt_state)
+  except ValueError:  # L0 gates: the test-time masks
+    masks = jaxprune.hard_masks(params)
+  return float(jaxprune.sparsity(masks).global_sparsity)
 
 
 def measure(steps: int, batch: int, block: int = 25, warmup: int = 20,
@@ -83,11 +108,13 @@ def measure(steps: int, batch: int, block: int = 25, warmup: int = 20,
   y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
   init = model.init(jax.random.key(2), x)["params"]
   plain_tx = optax.adam(1e-3)
-  pruned_tx, update_steps, description = _pruned_optimizer(method, steps)
+  pruned_tx, update_steps, description, forward = _pruned_optimizer(method, steps)
   runs = {}
   for name, tx in (("plain", plain_tx), ("pruned", pruned_tx)):
-    step = _train_step(model, tx)
+    step = _train_step(model, tx, None if name == "plain" else forward)
     params = jax.tree.map(jnp.copy, init)
+    if name == "pruned" and forward is not None:
+      params = jaxprune.add_gates(params, jax.random.key(4), granularity="unit")
     opt_state = tx.init(params)
     # Warm up on throw-away copies, so the timed run starts at step 0.
     warm = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, opt_state))
@@ -113,9 +140,7 @@ def measure(steps: int, batch: int, block: int = 25, warmup: int = 20,
   plain = np.asarray(runs["plain"]["times"])
   pruned = np.asarray(runs["pruned"]["times"])
   is_update = np.isin(np.arange(steps), sorted(update_steps))
-  final_sparsity = float(
-      jaxprune.sparsity(jaxprune.masks_of(runs["pruned"]["opt_state"])).global_sparsity
-  )
+  final_sparsity = _final_sparsity(runs["pruned"]["params"], runs["pruned"]["opt_state"])
   return {
       "model": model_name,
       "method": description,
@@ -125,7 +150,8 @@ def measure(steps: int, batch: int, block: int = 25, warmup: int = 20,
       "pruned_median_s": float(np.median(pruned[~is_update])),
       "ratio": float(np.median(ratios)),
       "ratio_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
-      "pruned_update_median_s": float(np.median(pruned[is_update])),
+      "pruned_update_median_s": (float(np.median(pruned[is_update]))
+                                 if is_update.any() else None),
       "amortised_ratio": float(pruned.sum() / plain.sum()),
       "final_sparsity": final_sparsity,
   }
@@ -137,7 +163,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--model", default="lenet300100",
                       help="a model of experiments.models without batch norm")
-  parser.add_argument("--method", default="magnitude", help="magnitude or flipout")
+  parser.add_argument("--method", default="magnitude", help="magnitude, flipout or l0")
   parser.add_argument("--out", help="write the record as JSON to this file")
   args = parser.parse_args()
   print(f"jax {jax.__version__}, devices {jax.devices()}, host {platform.node()}, "
@@ -150,7 +176,7 @@ def main() -> None:
       f"pruned (no mask update) {record['pruned_median_s'] * 1e3:.3f} ms, ratio "
       f"{record['ratio']:.3f} (quartiles {record['ratio_quartiles'][0]:.3f}-"
       f"{record['ratio_quartiles'][1]:.3f}); mask-update step "
-      f"{record['pruned_update_median_s'] * 1e3:.3f} ms; amortised ratio "
+      f"{(record['pruned_update_median_s'] or 0) * 1e3:.3f} ms; amortised ratio "
       f"{record['amortised_ratio']:.3f}; final sparsity "
       f"{record['final_sparsity']:.3f}"
   )

@@ -59,6 +59,9 @@ class Config:
   dual_lr: float = 1e-4
   gate_learning_rate: float = 0.0  # log_alpha's own Adam step; 0: learning_rate
   penalty: float = 0.1  # l0_penalty: lambda; the loss gets lambda / N_train * E[L0]
+  # Projected gradient (methods project_l1, project_l21): every kernel is
+  # projected onto its own ball of this radius after each step.
+  radius: float = 100.0
   # Bookkeeping.
   log_every: int = 50
   eval_every: int = 500  # 0: only at the end

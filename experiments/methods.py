@@ -110,6 +110,12 @@ METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.Gradie
     # L0 gates (see gated_params): the density as a constraint, or a penalty.
     "l0_constrained": _l0_constrained,
     "l0_penalty": _l0_penalty,
+    # Projected gradient (Barlaud & Guyard 2020): after each step every kernel
+    # is projected onto its l1 ball, or its l2,1 ball of input rows.
+    "project_l1": lambda inner, config: optax.chain(
+        inner, jaxprune.project_l1(config.radius)),
+    "project_l21": lambda inner, config: optax.chain(
+        inner, jaxprune.project_l21(config.radius)),
 }
 
 GATED_METHODS = ("l0_constrained", "l0_penalty")

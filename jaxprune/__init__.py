@@ -23,6 +23,13 @@ from jaxprune._l0 import expected_density
 from jaxprune._l0 import expected_l0
 from jaxprune._l0 import gate_labels
 from jaxprune._l0 import hard_masks
+from jaxprune._projections import ProjectionState
+from jaxprune._projections import l11_ball_projection
+from jaxprune._projections import l1_ball_projection
+from jaxprune._projections import l21_ball_projection
+from jaxprune._projections import project_l1
+from jaxprune._projections import project_l11
+from jaxprune._projections import project_l21
 from jaxprune._pruning import PruneState
 from jaxprune._pruning import prune
 from jaxprune._train_state import TrainState
@@ -34,6 +41,7 @@ __all__ = (
     "DualAscentState",
     "FlipOutSchedule",
     "FlipOutState",
+    "ProjectionState",
     "PruneState",
     "Sparsity",
     "TrainState",
@@ -52,7 +60,13 @@ __all__ = (
     "gate_labels",
     "hard_masks",
     "l0_penalty",
+    "l11_ball_projection",
+    "l1_ball_projection",
+    "l21_ball_projection",
     "masks_of",
+    "project_l1",
+    "project_l11",
+    "project_l21",
     "prune",
     "schedules",
     "sparsity",

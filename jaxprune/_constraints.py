@@ -35,6 +35,7 @@ Example: minimise ``(x - 2)**2`` subject to ``x <= 1``; the KKT point is
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -174,8 +175,9 @@ def dual_ascent(
 
 
 def _min_density(log_alpha_range) -> float:
-  lower = log_alpha_range[0]
-  return float(_l0.probability_nonzero(np.float32(lower)))
+  """P(z != 0) at the lowest log_alpha, in Python floats (safe under a trace)."""
+  shifted = log_alpha_range[0] - _l0.BETA * math.log(-_l0.GAMMA / _l0.ZETA)
+  return 1.0 / (1.0 + math.exp(-shifted))
 
 
 def density_constraint(
