@@ -385,6 +385,7 @@ def flipout(
                 final_sparsity,
             )
         ],
+        caller="jaxprune.flipout",
     )
 
   def init_fn(params):

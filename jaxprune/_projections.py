@@ -400,26 +400,9 @@ def _selected(params: Any, prunable, name: str, axis: Axis | None) -> Any:
     ValueError: nothing selected; ``axis`` out of range for a leaf.
     TypeError: a selected leaf is not real floating-point.
   """
-  flags = _trees.prunable_mask(params, prunable)
-  leaves = _trees.leaves_with_paths(params)
-  selected = [
-      (path, leaf)
-      for (path, leaf), flag in zip(leaves, jax.tree.leaves(flags))
-      if flag
-  ]
-  if not selected:
-    raise ValueError(
-        f"jaxprune.{name}: the prunable predicate selects no leaf of the "
-        f"params, so nothing would be projected; leaves: "
-        f"{[_trees.path_string(p) for p, _ in leaves]}"
-    )
+  flags, selected = _trees.selected_leaves(
+      params, prunable, f"jaxprune.{name}", "projected")
   for path, leaf in selected:
-    dtype = jnp.result_type(leaf)
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(
-          f"jaxprune.{name}: leaf {_trees.path_string(path)} has dtype "
-          f"{dtype}; only real floating-point leaves can be projected"
-      )
     if axis is not None:
       _normalize_axis(
           axis,
@@ -560,27 +543,9 @@ def project_l21(
   so whole input features vanish.  O(n) per leaf of n weights, plus
   O(G log G) for its G groups.
 
-  Use it last in a chain, ``optax.chain(inner, ...)``: it turns the inner
-  updates ``u`` into ``P(p + u) - p`` for every selected leaf ``p``, so the
-  params after ``optax.apply_updates`` are the projection ``P(p + u)``
-  (exactly zero where the projection is zero; elsewhere up to one
-  rounding of the subtraction and addition).  The other leaves keep the
-  inner updates.  The projection is computed in float32 or wider and the
-  updates keep their dtype.
-
-  Every selected leaf is projected onto its own ball of radius ``radius``.
-  For different radii per layer, chain one projection per set of leaves,
-  e.g. ``optax.chain(inner, project(1.0, prunable=is_first),
-  project(5.0, prunable=is_rest))`` (then call :func:`jaxprune.masks_of`
-  on the part of the state you want).  ``radius`` may be injected with
-  ``optax.inject_hyperparams``, including as a schedule of the step.
-
-  Zeros come from the projection alone, and a zeroed weight may come back
-  at the next step.  Optimizers that move every weight by about the
-  learning rate at every step (Adam and its relatives) refill the zeros,
-  which the projection removes again only where its threshold exceeds that
-  step: expect far fewer exact zeros after a few Adam steps than after SGD
-  steps at the same radius.
+  It is used like :func:`project_l1`: last in a chain, one ball of radius
+  ``radius`` per selected leaf, ``radius`` injectable; see there how
+  optimizers like Adam refill the zeros between projections.
 
   Args:
     radius: the radius of every leaf's ball, a scalar >= 0.
@@ -640,27 +605,9 @@ def project_l11(
   :func:`project_l1` (see :func:`l11_ball_projection`).  O(n log m) per
   leaf of n weights in groups of m.
 
-  Use it last in a chain, ``optax.chain(inner, ...)``: it turns the inner
-  updates ``u`` into ``P(p + u) - p`` for every selected leaf ``p``, so the
-  params after ``optax.apply_updates`` are the projection ``P(p + u)``
-  (exactly zero where the projection is zero; elsewhere up to one
-  rounding of the subtraction and addition).  The other leaves keep the
-  inner updates.  The projection is computed in float32 or wider and the
-  updates keep their dtype.
-
-  Every selected leaf is projected onto its own ball of radius ``radius``.
-  For different radii per layer, chain one projection per set of leaves,
-  e.g. ``optax.chain(inner, project(1.0, prunable=is_first),
-  project(5.0, prunable=is_rest))`` (then call :func:`jaxprune.masks_of`
-  on the part of the state you want).  ``radius`` may be injected with
-  ``optax.inject_hyperparams``, including as a schedule of the step.
-
-  Zeros come from the projection alone, and a zeroed weight may come back
-  at the next step.  Optimizers that move every weight by about the
-  learning rate at every step (Adam and its relatives) refill the zeros,
-  which the projection removes again only where its threshold exceeds that
-  step: expect far fewer exact zeros after a few Adam steps than after SGD
-  steps at the same radius.
+  It is used like :func:`project_l1`: last in a chain, one ball of radius
+  ``radius`` per selected leaf, ``radius`` injectable; see there how
+  optimizers like Adam refill the zeros between projections.
 
   Args:
     radius: the radius of every leaf's ball, a scalar >= 0.

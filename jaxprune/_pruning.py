@@ -86,7 +86,8 @@ def _make_plan(params, prunable, schedule, allocation) -> _Plan:
   )
 
 
-def _plan_with(params, prunable, allocation, kept_counts) -> _Plan:
+def _plan_with(params, prunable, allocation, kept_counts,
+               caller: str = "jaxprune.prune") -> _Plan:
   """The plan for ``params``, checking the prunable leaves.
 
   Args:
@@ -95,28 +96,9 @@ def _plan_with(params, prunable, allocation, kept_counts) -> _Plan:
     allocation: how the prunable tensors are grouped for ranking.
     kept_counts: ``shapes -> rows``, the prunable tensors' shapes to one row
       of per-group kept counts for every level.
+    caller: the public function, for error messages.
   """
-  flags = _trees.prunable_mask(params, prunable)
-  selected = [
-      (path, leaf)
-      for (path, leaf), flag in zip(
-          _trees.leaves_with_paths(params), jax.tree.leaves(flags)
-      )
-      if flag
-  ]
-  if not selected:
-    paths = [_trees.path_string(p) for p, _ in _trees.leaves_with_paths(params)]
-    raise ValueError(
-        "the prunable predicate selects no leaf of the params; leaves: "
-        f"{paths}"
-    )
-  for path, leaf in selected:
-    dtype = jnp.result_type(leaf)
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(
-          f"prunable leaf {_trees.path_string(path)} has dtype {dtype}; only "
-          "floating-point leaves can be pruned"
-      )
+  flags, selected = _trees.selected_leaves(params, prunable, caller, "pruned")
   shapes = [tuple(np.shape(leaf)) for _, leaf in selected]
   group_ids, group_sizes = _allocation.group_layout(shapes, allocation)
   too_big = [n for n in group_sizes if n >= 2**31]

@@ -60,6 +60,43 @@ def prunable_mask(params: Any, prunable: PrunablePredicate | None) -> Any:
   return jax.tree_util.tree_map_with_path(decide, params)
 
 
+def selected_leaves(
+    params: Any, prunable: PrunablePredicate | None, caller: str, verb: str
+) -> tuple[Any, list[tuple[Path, Any]]]:
+  """The flags of ``prunable`` and the selected leaves, checked.
+
+  Args:
+    params: the parameter tree.
+    prunable: the predicate, or ``None`` for :func:`default_prunable`.
+    caller: the function's name, for messages (``"jaxprune.prune"``).
+    verb: what is done to the leaves, for messages (``"pruned"``).
+
+  Raises:
+    ValueError: if the predicate selects no leaf.
+    TypeError: if a selected leaf is not floating-point.
+  """
+  flags = prunable_mask(params, prunable)
+  leaves = leaves_with_paths(params)
+  selected = [
+      (path, leaf)
+      for (path, leaf), flag in zip(leaves, jax.tree.leaves(flags))
+      if flag
+  ]
+  if not selected:
+    raise ValueError(
+        f"{caller}: the prunable predicate selects no leaf of the params, so "
+        f"nothing would be {verb}; leaves: {[path_string(p) for p, _ in leaves]}"
+    )
+  for path, leaf in selected:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"{caller}: leaf {path_string(path)} has dtype {dtype}; only real "
+          f"floating-point leaves can be {verb}"
+      )
+  return flags, selected
+
+
 def leaves_with_paths(tree: Any) -> list[tuple[Path, Any]]:
   """The leaves of ``tree`` with their readable paths, in tree order."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
