@@ -82,7 +82,13 @@ def _pruned_optimizer(method: str, steps: int):
     )
     return (tx, set(), "L0 unit gates + dual_ascent(density 0.5) + adam + clip",
             _l0_forward)
-  raise ValueError(f"unknown method {method!r}; expected magnitude, flipout or l0")
+  if method in ("project_l1", "project_l21"):
+    project = getattr(jaxprune, method)
+    tx = optax.chain(inner, project(100.0 if method == "project_l1" else 20.0))
+    return tx, set(), f"chain(adam, {method})", None
+  raise ValueError(
+      f"unknown method {method!r}; expected magnitude, flipout, l0, project_l1 "
+      "or project_l21")
 
 
 def _final_sparsity(params, opt_state) -> float:
@@ -163,7 +169,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--model", default="lenet300100",
                       help="a model of experiments.models without batch norm")
-  parser.add_argument("--method", default="magnitude", help="magnitude, flipout or l0")
+  parser.add_argument("--method", default="magnitude", help="magnitude, flipout, l0, project_l1 or project_l21")
   parser.add_argument("--out", help="write the record as JSON to this file")
   args = parser.parse_args()
   print(f"jax {jax.__version__}, devices {jax.devices()}, host {platform.node()}, "

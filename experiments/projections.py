@@ -31,15 +31,17 @@ from experiments.config import Config
 
 _EPOCH = 60000 // 128
 
+# 3 epochs: the exact l1 projection sorts every kernel at every step, which
+# on this 2-core CPU makes a step several times a plain Adam step.
 _BASE = Config(
-    dataset="mnist", model="lenet300100", steps=20 * _EPOCH, batch_size=128,
+    dataset="mnist", model="lenet300100", steps=3 * _EPOCH, batch_size=128,
     optimizer="adam", learning_rate=1e-3, sparsity=0.0, log_every=100,
-    eval_every=5 * _EPOCH, checkpoint_every=0,
+    eval_every=0, checkpoint_every=0,
 )
 
 RADII = {
-    "project_l1": (25.0, 50.0, 100.0, 200.0, 400.0),
-    "project_l21": (5.0, 10.0, 20.0, 40.0, 80.0),
+    "project_l1": (100.0, 200.0, 400.0),
+    "project_l21": (10.0, 20.0, 40.0),
 }
 
 
