@@ -144,11 +144,17 @@ def sparsity_report(state: TrainState) -> jaxprune.Sparsity:
   return jaxprune.sparsity(state.params if masks is None else masks)
 
 
-def gate_metrics(state: TrainState) -> dict:
-  """Expected density and multipliers of an L0-gated run ({} otherwise)."""
+def _expected_density(state: TrainState) -> jaxprune.Density | None:
   try:
-    density = jaxprune.expected_density(state.params)
-  except ValueError:
+    return jaxprune.expected_density(state.params)
+  except ValueError:  # no gates
+    return None
+
+
+def gate_metrics(state: TrainState, density: jaxprune.Density | None = None) -> dict:
+  """Expected density and multipliers of an L0-gated run ({} otherwise)."""
+  density = density or _expected_density(state)
+  if density is None:
     return {}
   metrics = {"expected_density": float(density.model)}
   duals = [s for s in jax.tree.leaves(
@@ -163,10 +169,10 @@ def gate_metrics(state: TrainState) -> dict:
 def structure_report(state: TrainState, config: Config) -> dict:
   """Expected density per layer, and the params left once the units that the
   gates cut off are removed (sequential models); {} for an ungated run."""
-  metrics = gate_metrics(state)
-  if not metrics:
+  density = _expected_density(state)
+  if density is None:
     return {}
-  density = jaxprune.expected_density(state.params)
+  metrics = gate_metrics(state, density)
   model_params = methods.model_params(config, state.params)
   kept = structure.kept_params(
       jax.device_get(model_params), jax.device_get(final_masks(state)))
