@@ -414,9 +414,12 @@ def flipout(
     ):
       score = _power(jnp.abs(w.astype(jnp.float32)), p)
       score = score / (f.astype(jnp.float32) + 1.0)
-      keys.append(_pruning._with_best_forced(_selection.ranking_keys(score, m)))
-    new = _selection.keep_top_k(keys, plan.group_ids, plan.group_sizes, kept)
-    new = [k & m for k, m in zip(new, old)]
+      forced, _ = _pruning._with_best_forced(_selection.ranking_keys(score, m))
+      keys.append(forced)
+    selection = _selection.keep_top_k(
+        keys, plan.group_ids, plan.group_sizes, kept
+    )
+    new = [k & m for k, m in zip(selection.kept, old)]
     return jax.tree.unflatten(jax.tree.structure(masks), new)
 
   def noisy_gradients(grads, key):

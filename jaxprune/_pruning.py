@@ -138,8 +138,12 @@ def _mask_leaves(masks) -> list[jax.Array]:
   return jax.tree.leaves(masks)  # None leaves are dropped
 
 
-def _with_best_forced(keys: jax.Array) -> jax.Array:
-  """Gives the best surviving weight of a tensor a key above every other."""
+def _with_best_forced(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Gives the best surviving weight of a tensor a key above every other.
+
+  Returns the new keys and whether the forced weight's score was NaN (it no
+  longer shows as NaN in the keys).
+  """
   flat = keys.reshape(-1)
   best = jnp.argmax(flat)
   forced = jnp.where(
@@ -147,7 +151,8 @@ def _with_best_forced(keys: jax.Array) -> jax.Array:
       jnp.uint32(_selection.FORCED_KEY),
       flat[best],
   )
-  return flat.at[best].set(forced).reshape(keys.shape)
+  forced_nan = flat[best] == _selection.NAN_KEY
+  return flat.at[best].set(forced).reshape(keys.shape), forced_nan
 
 
 def _apply_if(predicate: jax.Array, fn, operand):
@@ -318,16 +323,15 @@ def prune(
             f"{jnp.shape(score)}, expected {mask.shape}"
         )
     keys = [_selection.ranking_keys(s, m) for s, m in zip(new_scores, old)]
+    nan_scores = jnp.zeros((), jnp.int32)
     if allocation == "global":
-      keys = [_with_best_forced(k) for k in keys]
-    kept = _selection.keep_top_k(
+      keys, forced_nan = zip(*(_with_best_forced(k) for k in keys))
+      nan_scores = sum(f.astype(jnp.int32) for f in forced_nan)
+    selection = _selection.keep_top_k(
         keys, plan.group_ids, plan.group_sizes, jnp.asarray(plan.kept)[level]
     )
-    new = [k & m for k, m in zip(kept, old)]
-    nan_scores = sum(
-        _selection.count_true(jnp.isnan(s) & m)
-        for s, m in zip(new_scores, old)
-    )
+    new = [k & m for k, m in zip(selection.kept, old)]
+    nan_scores = nan_scores + jnp.sum(selection.nan_counts)
     masks = jax.tree.unflatten(jax.tree.structure(state.masks), new)
     return masks, nan_scores
 

@@ -7,28 +7,30 @@ hundreds of millions of weights.  Sorting that many scores is slow and, when
 the weights are sharded, needs them gathered on one device.
 
 Instead, every score is mapped to a ``uint32`` key whose integer order is the
-score's order, and the k-th largest key is found by a bitwise binary search:
-32 rounds, each counting how many keys are at least a candidate.  A count is
-an elementwise compare and a sum, so each round is one fused pass over the
-weights and, under sharding, a scalar all-reduce.  Ties at the threshold are
-then resolved by a second binary search over the flat index, which is only
-run when the threshold value is shared by more weights than there are places
-left.
+score's order, and the k-th largest key is found by a radix search in two
+passes over the weights: a histogram of the keys' high 16 bits finds the bin
+that holds the k-th key, and a histogram of the low 16 bits of the keys in
+that bin finds the key itself, with exact counts above and at it.  Each pass
+is one scatter-add into 65536 counters (under sharding, a local histogram and
+an all-reduce of it).  Ties at the threshold are then resolved by a binary
+search over the flat index, which is only run when the threshold value is
+shared by more weights than there are places left.
 
 Example:
   >>> import jax.numpy as jnp
   >>> from jaxprune import _selection
   >>> keys = [_selection.ranking_keys(jnp.array([0.3, 0.1, 0.3, 0.2]),
   ...                                 jnp.ones(4, bool))]
-  >>> kept, = _selection.keep_top_k(keys, group_ids=(0,), group_sizes=(4,),
-  ...                               k=jnp.array([2]))
-  >>> kept.tolist()
+  >>> selection = _selection.keep_top_k(keys, group_ids=(0,),
+  ...                                  group_sizes=(4,), k=jnp.array([2]))
+  >>> selection.kept[0].tolist()
   [True, False, True, False]
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,10 @@ _SIGN_BIT = 0x80000000
 # Pruned weights get key 0, below every surviving weight (the key of -inf is
 # 0x007FFFFF), so a pruned weight never wins a place back.
 PRUNED_KEY = 0
+# NaN scores get a key between the two, alone in its bin of the threshold
+# search's first histogram (no float maps there: the keys 0x0001xxxx belong to
+# negative NaN bit patterns), so that histogram also counts them.
+NAN_KEY = 0x00010000
 # Strictly above the key of +inf: a weight given this key is always kept.
 FORCED_KEY = 0xFFFFFFFF
 
@@ -46,9 +52,9 @@ def ranking_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
   """Maps scores to ``uint32`` keys whose integer order is the ranking order.
 
   Surviving weights (``alive``) are ranked by score, as float32; NaN scores
-  rank with ``-inf``, below every real score, so a NaN never wins a place.
-  ``-0.0`` ranks equal to ``0.0``.  Weights that are not alive get key 0 and
-  rank below everything.
+  get :data:`NAN_KEY`, below every real score (``-inf`` included), so a NaN
+  never wins a place over a number.  ``-0.0`` ranks equal to ``0.0``.
+  Weights that are not alive get key 0 and rank below everything.
 
   Args:
     scores: floating array.
@@ -58,11 +64,11 @@ def ranking_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
     A ``uint32`` array of the same shape.
   """
   x = scores.astype(jnp.float32)
-  x = jnp.where(jnp.isnan(x), -jnp.inf, x)
   x = jnp.where(x == 0, jnp.zeros_like(x), x)  # -0.0 -> +0.0
   bits = lax.bitcast_convert_type(x, jnp.uint32)
   negative = (bits >> 31) == 1
   keys = jnp.where(negative, ~bits, bits | jnp.uint32(_SIGN_BIT))
+  keys = jnp.where(jnp.isnan(x), jnp.uint32(NAN_KEY), keys)
   return jnp.where(alive, keys, jnp.uint32(PRUNED_KEY))
 
 
@@ -88,6 +94,11 @@ def count_true(x: jax.Array) -> jax.Array:
   return jnp.sum(block_sums, dtype=jnp.int32)
 
 
+# The threshold search reads the 32-bit keys 16 bits at a time.
+_RADIX_BITS = 16
+_RADIX_BINS = 1 << _RADIX_BITS
+
+
 def _group_counts(
     predicate: Callable[[int, jax.Array], jax.Array],
     keys: Sequence[jax.Array],
@@ -102,12 +113,61 @@ def _group_counts(
   return jnp.stack(per_group)
 
 
+def _histograms(
+    bins_of: Callable[[int, jax.Array], jax.Array],
+    keys: Sequence[jax.Array],
+    group_ids: Sequence[int],
+    num_groups: int,
+) -> jax.Array:
+  """Per-group histograms over ``_RADIX_BINS`` bins, as int32.
+
+  ``bins_of(i, keys[i])`` gives each element's bin, or ``_RADIX_BINS`` for an
+  element that is not counted (dropped by the scatter).
+  """
+  per_group = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
+  for i, key in enumerate(keys):
+    bins = bins_of(i, key).reshape(-1)
+    counts = jnp.zeros((_RADIX_BINS,), jnp.int32).at[bins].add(1, mode="drop")
+    per_group[group_ids[i]] = per_group[group_ids[i]] + counts
+  return jnp.stack(per_group)
+
+
+def _highest_bin_reaching(
+    histograms: jax.Array, above: jax.Array, k: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The highest bin ``b`` with ``above + count(bins >= b) >= k``, per group.
+
+  Returns ``b``, the count in ``b`` and the count in the bins above ``b``
+  (plus ``above``).  ``above < k`` or ``k == 0`` is assumed of the callers:
+  with ``k == 0`` the answer is the top bin.
+  """
+  at_or_above = above[:, None] + jnp.cumsum(histograms[:, ::-1], axis=1)[:, ::-1]
+  b = jnp.sum(at_or_above >= k[:, None], axis=1, dtype=jnp.int32) - 1
+  b = jnp.maximum(b, 0)
+  in_b = jnp.take_along_axis(histograms, b[:, None], axis=1)[:, 0]
+  reaching = jnp.take_along_axis(at_or_above, b[:, None], axis=1)[:, 0]
+  return b, in_b, reaching - in_b
+
+
+class Selection(NamedTuple):
+  """What :func:`keep_top_k` returns.
+
+  Attributes:
+    kept: one boolean array per key array, True where the element is kept.
+    nan_counts: int32 vector, the number of keys equal to :data:`NAN_KEY`
+      (surviving weights with a NaN score) in each group.
+  """
+
+  kept: list[jax.Array]
+  nan_counts: jax.Array
+
+
 def keep_top_k(
     keys: Sequence[jax.Array],
     group_ids: Sequence[int],
     group_sizes: Sequence[int],
     k: jax.Array,
-) -> list[jax.Array]:
+) -> Selection:
   """Keeps exactly the ``k[g]`` largest keys of every group ``g``.
 
   Ties are broken by flat index: within a group the arrays are laid end to
@@ -121,7 +181,8 @@ def keep_top_k(
       ``[0, group_size]``.
 
   Returns:
-    One boolean array per key array, True where the element is kept.
+    A :class:`Selection`: the kept elements, and the NaN scores counted
+    along the way.
   """
   num_groups = len(group_sizes)
   group_ids = tuple(group_ids)
@@ -130,18 +191,23 @@ def keep_top_k(
   def count(predicate):
     return _group_counts(predicate, keys, group_ids, num_groups)
 
-  # Largest threshold t with count(key >= t) >= k, one bit at a time.
-  def threshold_round(i, t):
-    bit = jnp.left_shift(jnp.uint32(1), jnp.asarray(31 - i, jnp.uint32))
-    candidate = t | bit
-    enough = count(lambda j, key: key >= candidate[group_ids[j]]) >= k
-    return jnp.where(enough, candidate, t)
+  # The threshold t is the k-th largest key: the largest t with
+  # count(key >= t) >= k.  Its high 16 bits come from a histogram of every
+  # key's high bits, its low 16 bits from a histogram of the low bits of the
+  # keys in t's high bin.
+  none_above = jnp.zeros((num_groups,), jnp.int32)
+  high_histograms = _histograms(
+      lambda j, key: key >> _RADIX_BITS, keys, group_ids, num_groups)
+  high, _, above_high = _highest_bin_reaching(high_histograms, none_above, k)
+  high = high.astype(jnp.uint32)
 
-  threshold = lax.fori_loop(
-      0, 32, threshold_round, jnp.zeros((num_groups,), jnp.uint32)
-  )
-  above = count(lambda j, key: key > threshold[group_ids[j]])
-  at = count(lambda j, key: key == threshold[group_ids[j]])
+  def low_bins(j, key):
+    in_high_bin = (key >> _RADIX_BITS) == high[group_ids[j]]
+    return jnp.where(in_high_bin, key & (_RADIX_BINS - 1), _RADIX_BINS)
+
+  low_histograms = _histograms(low_bins, keys, group_ids, num_groups)
+  low, at, above = _highest_bin_reaching(low_histograms, above_high, k)
+  threshold = (high << _RADIX_BITS) | low.astype(jnp.uint32)
   places_left = k - above  # in [0, at]
 
   offsets = []
@@ -180,4 +246,5 @@ def keep_top_k(
     g = group_ids[j]
     tie_kept = (key == threshold[g]) & (flat_index(j) + offsets[j] < bound[g])
     kept.append((key > threshold[g]) | tie_kept)
-  return kept
+  nan_counts = high_histograms[:, NAN_KEY >> _RADIX_BITS]
+  return Selection(kept, nan_counts)

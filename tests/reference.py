@@ -9,8 +9,8 @@ def keep_top_k(scores, alive, group_ids, kept, force_best=False):
   """Boolean masks keeping ``kept[g]`` entries of each group ``g``.
 
   Order: forced entries first, then surviving before pruned, then higher
-  score (NaN as -inf; pruned entries all equal), then lower flat index within the group (arrays laid
-  end to end in the order given).  With ``force_best`` the first surviving
+  score (NaN below -inf; pruned entries all equal), then lower flat index
+  within the group (arrays laid end to end in the order given).  With ``force_best`` the first surviving
   entry of highest score in every array is forced; forced entries rank
   equal among themselves.
   """
@@ -21,7 +21,9 @@ def keep_top_k(scores, alive, group_ids, kept, force_best=False):
     members = [i for i, gid in enumerate(group_ids) if gid == g]
     flat_scores, flat_alive, flat_forced = [], [], []
     for i in members:
-      s = np.where(np.isnan(scores[i]), -np.inf, scores[i]).ravel()
+      # Ranks: NaN below -inf, pruned below NaN.
+      s = np.where(np.isnan(scores[i]), -np.finfo(np.float64).max, scores[i])
+      s = np.where(np.isneginf(scores[i]), -1e300, s).ravel()
       a = alive[i].ravel()
       forced = np.zeros(s.shape, bool)
       if force_best and a.any():

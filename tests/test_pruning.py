@@ -213,6 +213,24 @@ def test_nan_scores_never_win_a_place():
   assert int(state.nan_scores) == 92
 
 
+def test_nan_scores_are_counted_exactly_under_global_ranking():
+  # One tensor is all NaN: its best weight is forced (kept), and still counted;
+  # the 79 places go to the 154 real scores elsewhere.
+  params = _params()
+
+  def nan_magnitude(params, grads, key):
+    scores = criteria.magnitude(params, grads, key)
+    scores["dense1"]["kernel"] = jnp.full_like(scores["dense1"]["kernel"], jnp.nan)
+    return scores
+
+  tx = jaxprune.prune(optax.sgd(0.1), criterion=nan_magnitude,
+                      schedule=schedules.constant(0.9))
+  _, state = jax.jit(tx.update)(_grads(params, 0), tx.init(params), params)
+  kept = np.asarray(jaxprune.masks_of(state)["dense1"]["kernel"])
+  assert kept.sum() == 1 and kept.reshape(-1)[0]  # the first NaN is forced
+  assert int(state.nan_scores) == 640
+
+
 def test_low_precision_params():
   params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _params())
   tx = jaxprune.prune(optax.adam(1e-2), criterion=criteria.magnitude,

@@ -51,8 +51,8 @@ def _select(scores, alive, group_ids, sizes, kept, force_best):
   if force_best:
     from jaxprune._pruning import _with_best_forced
 
-    keys = [_with_best_forced(k) for k in keys]
-  return _selection.keep_top_k(keys, group_ids, sizes, jnp.asarray(kept))
+    keys = [_with_best_forced(k)[0] for k in keys]
+  return _selection.keep_top_k(keys, group_ids, sizes, jnp.asarray(kept)).kept
 
 
 @hypothesis.given(_problems())
@@ -111,18 +111,32 @@ def test_keys_follow_float_order():
   assert np.all(np.diff(np.delete(keys, 4).astype(np.int64)) > 0)
 
 
-def test_nan_ranks_with_minus_inf_and_above_pruned():
+def test_nan_ranks_below_minus_inf_and_above_pruned():
   scores = jnp.array([np.nan, -np.inf, 0.5, 0.5], jnp.float32)
   alive = jnp.array([True, True, True, False])
   keys = np.asarray(_selection.ranking_keys(scores, alive))
-  assert keys[0] == keys[1] > keys[3] == _selection.PRUNED_KEY
-  assert keys[2] > keys[0]
+  assert keys[2] > keys[1] > keys[0] > keys[3] == _selection.PRUNED_KEY
+  assert keys[0] == _selection.NAN_KEY
+
+
+def test_nan_counts_per_group():
+  rng = np.random.default_rng(0)
+  scores = [rng.normal(size=s).astype(np.float32) for s in [(30,), (4, 5), (9,)]]
+  alive = [rng.random(s.shape) < 0.8 for s in scores]
+  for s in scores:
+    s[rng.random(s.shape) < 0.3] = np.nan
+  keys = [_selection.ranking_keys(jnp.asarray(s), jnp.asarray(a))
+          for s, a in zip(scores, alive)]
+  selection = jax.jit(_selection.keep_top_k, static_argnums=(1, 2))(
+      keys, (0, 1, 0), (39, 20), jnp.array([10, 5]))
+  nans = [int(np.count_nonzero(np.isnan(s) & a)) for s, a in zip(scores, alive)]
+  assert selection.nan_counts.tolist() == [nans[0] + nans[2], nans[1]]
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 def test_low_precision_scores(dtype):
   scores = jnp.array([0.25, -4.0, 3.0, 1.0], dtype)
-  got, = _selection.keep_top_k(
+  (got,), _ = _selection.keep_top_k(
       [_selection.ranking_keys(scores, jnp.ones(4, bool))], (0,), (4,),
       jnp.array([2]),
   )
