@@ -31,7 +31,11 @@ from jaxprune._projections import project_l1
 from jaxprune._projections import project_l11
 from jaxprune._projections import project_l21
 from jaxprune._pruning import PruneState
+from jaxprune._pruning import apply_masks
 from jaxprune._pruning import prune
+from jaxprune._snip import sensitivity
+from jaxprune._snip import snip
+from jaxprune._snip import snip_it
 from jaxprune._train_state import TrainState
 
 __version__ = "0.1.0.dev0"
@@ -46,6 +50,7 @@ __all__ = (
     "Sparsity",
     "TrainState",
     "add_gates",
+    "apply_masks",
     "apply_gates",
     "clip_log_alpha",
     "criteria",
@@ -69,5 +74,8 @@ __all__ = (
     "project_l21",
     "prune",
     "schedules",
+    "sensitivity",
+    "snip",
+    "snip_it",
     "sparsity",
 )

@@ -172,6 +172,40 @@ def _apply_if(predicate: jax.Array, fn, operand):
   return result
 
 
+def selected_masks(scores, masks, plan: _Plan, allocation: str, kept: jax.Array):
+  """The masks that keep the ``kept[g]`` best-scoring surviving weights.
+
+  Args:
+    scores: the criterion's scores, a tree with the structure of the params.
+    masks: the current masks (the survivors); the new ones are a subset.
+    plan: what is pruned and how it is grouped.
+    allocation: the plan's allocation; under ``"global"`` every tensor's best
+      survivor is kept.
+    kept: int32, the number of weights each group keeps.
+
+  Returns:
+    The new masks and the number of survivors whose score was NaN.
+  """
+  _trees.check_same_structure(plan.prunable, scores, "the criterion's scores")
+  old = _mask_leaves(masks)
+  new_scores = _prunable_leaves(scores, plan)
+  for path, score, mask in zip(plan.paths, new_scores, old):
+    if jnp.shape(score) != mask.shape:
+      raise ValueError(
+          f"the criterion's score for {_trees.path_string(path)} has shape "
+          f"{jnp.shape(score)}, expected {mask.shape}"
+      )
+  keys = [_selection.ranking_keys(s, m) for s, m in zip(new_scores, old)]
+  nan_scores = jnp.zeros((), jnp.int32)
+  if allocation == "global":
+    keys, forced_nan = zip(*(_with_best_forced(k) for k in keys))
+    nan_scores = sum(f.astype(jnp.int32) for f in forced_nan)
+  selection = _selection.keep_top_k(keys, plan.group_ids, plan.group_sizes, kept)
+  new = [k & m for k, m in zip(selection.kept, old)]
+  nan_scores = nan_scores + jnp.sum(selection.nan_counts)
+  return jax.tree.unflatten(jax.tree.structure(masks), new), nan_scores
+
+
 def _mask_gradients(masks, grads):
   return jax.tree.map(
       lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
@@ -209,32 +243,80 @@ def _all_kept(plan: _Plan, params):
   )
 
 
-def _check_masks(params, masks, plan: _Plan) -> None:
-  """Raises ``ValueError`` unless ``masks`` fit ``params`` (from the state)."""
+def _check_masks(params, masks, plan: _Plan,
+                 what: str = "the masks in the optimizer state") -> None:
+  """Raises ``ValueError`` unless ``masks`` fit ``params``."""
   expected_masks = jax.tree.map(
       lambda flag, p: p if flag else None, plan.prunable, params
   )
-  _trees.check_same_structure(
-      expected_masks, masks, "the masks in the optimizer state"
-  )
+  _trees.check_same_structure(expected_masks, masks, what)
   for path, mask, leaf in zip(
       plan.paths, _mask_leaves(masks), _prunable_leaves(params, plan)
   ):
-    if mask.shape != jnp.shape(leaf):
+    if jnp.shape(mask) != jnp.shape(leaf):
       raise ValueError(
-          f"the mask of {_trees.path_string(path)} has shape {mask.shape} "
+          f"the mask of {_trees.path_string(path)} has shape {jnp.shape(mask)} "
           f"but the param has shape {jnp.shape(leaf)}"
       )
+
+
+def apply_masks(params: Any, masks: Any) -> Any:
+  """``params`` with the weights that ``masks`` prune set to exactly 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxprune
+    >>> params = {'w': jnp.array([1.0, -2.0, 3.0]), 'b': jnp.ones(1)}
+    >>> masks = {'w': jnp.array([True, False, True]), 'b': None}
+    >>> jaxprune.apply_masks(params, masks)['w']
+    Array([1., 0., 3.], dtype=float32)
+
+  Args:
+    params: the parameter tree.
+    masks: a tree with the structure of ``params``: a boolean array of the
+      leaf's shape (True = kept) or ``None`` (not pruned) for every leaf, as
+      :func:`jaxprune.masks_of` and :func:`jaxprune.snip` return.
+
+  Raises:
+    ValueError: if the trees or a leaf's shape do not match.
+  """
+  is_none = lambda x: x is None
+  _trees.check_same_structure(
+      jax.tree.map(lambda _: 0, params), jax.tree.map(
+          lambda m: 0, masks, is_leaf=is_none), "the masks")
+
+  def masked(p, m):
+    if m is None:
+      return p
+    if jnp.shape(m) != jnp.shape(p):
+      raise ValueError(
+          f"a mask of shape {jnp.shape(m)} cannot mask a param of shape "
+          f"{jnp.shape(p)}")
+    return jnp.where(m, p, jnp.zeros_like(p))
+
+  return jax.tree.map(masked, params, masks, is_leaf=is_none)
+
+
+def _initial_masks(masks, params, plan: _Plan, caller: str = "jaxprune.prune"):
+  """The user's initial masks, checked against the params, as bool arrays."""
+  _check_masks(params, masks, plan, what=f"the masks given to {caller}")
+  for path, mask in zip(plan.paths, _mask_leaves(masks)):
+    if jnp.result_type(mask) != jnp.bool_:
+      raise TypeError(
+          f"the initial mask of {_trees.path_string(path)} has dtype "
+          f"{jnp.result_type(mask)}; masks are boolean (True = kept)")
+  return jax.tree.map(jnp.asarray, masks)
 
 
 def prune(
     inner: optax.GradientTransformation,
     *,
-    criterion: criteria_lib.Criterion,
-    schedule: schedules_lib.Schedule,
+    criterion: criteria_lib.Criterion | None = None,
+    schedule: schedules_lib.Schedule | None = None,
     allocation: str = "global",
     prunable: _trees.PrunablePredicate | None = None,
     seed: int = 0,
+    masks: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that it prunes the params on a schedule.
 
@@ -260,15 +342,26 @@ def prune(
   - A pruned weight stays pruned.  A NaN score ranks below every real score
     and is counted in ``PruneState.nan_scores``.
 
+  Masks found before training (:func:`jaxprune.snip`,
+  :func:`jaxprune.snip_it`) are kept through training with
+  ``prune(inner, masks=masks)`` (no schedule: they never change), or refined
+  further by a schedule, which then starts from them.
+
   Args:
     inner: any optax transformation, e.g. ``optax.adamw(1e-3)``.
     criterion: ``(params, grads, key) -> scores``, e.g.
-      :func:`jaxprune.criteria.magnitude`.
-    schedule: a :class:`jaxprune.schedules.Schedule`.
+      :func:`jaxprune.criteria.magnitude`; required with a schedule.
+    schedule: a :class:`jaxprune.schedules.Schedule`; ``None`` keeps the
+      initial masks unchanged.
     allocation: ``"global"``, ``"layerwise"`` or ``"erk"``.
     prunable: ``(path, leaf) -> bool`` selecting the leaves to prune; by
       default floating leaves with ``ndim >= 2`` (dense and conv kernels).
     seed: seeds the key given to the criterion.
+    masks: the initial masks, a tree with the structure of the params holding
+      a boolean array (True = kept) for every prunable leaf and ``None``
+      elsewhere, as :func:`jaxprune.snip` returns; by default all kept.  The
+      weights they prune are zeroed by the first update (zero them before
+      the first forward pass with :func:`jaxprune.apply_masks`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -279,9 +372,20 @@ def prune(
       nothing, NaN or inf in prunable params, a global sparsity that would
       empty a tensor; at ``update``: trees that do not match.
     TypeError: a schedule that is not a ``Schedule``, a criterion that is not
-      callable, a non-integer seed; at ``init``: non-float prunable leaves.
+      callable, a non-integer seed; at ``init``: non-float prunable leaves,
+      masks that are not boolean.
   """
   _allocation.check_allocation(allocation)
+  if schedule is None:
+    if criterion is not None:
+      raise ValueError(
+          "jaxprune.prune got a criterion but no schedule, so the criterion "
+          "would never be used; pass a schedule, or drop the criterion to "
+          "keep fixed masks")
+    schedule = schedules_lib.Schedule((), ())
+    criterion = criteria_lib.magnitude  # never called: the schedule is empty
+  elif criterion is None:
+    raise ValueError("jaxprune.prune got a schedule but no criterion")
   if not isinstance(schedule, schedules_lib.Schedule):
     raise TypeError(
         "schedule must be a jaxprune.schedules.Schedule (one_shot, "
@@ -304,7 +408,8 @@ def prune(
     return PruneState(
         step=jnp.zeros((), jnp.int32),
         level=jnp.full((), -1, jnp.int32),
-        masks=_all_kept(plan, params),
+        masks=_all_kept(plan, params) if masks is None else _initial_masks(
+            masks, params, plan),
         key=jax.random.key_data(jax.random.key(seed)),
         nan_scores=jnp.zeros((), jnp.int32),
         inner_state=inner.init(params),
@@ -313,27 +418,9 @@ def prune(
   def refreshed_masks(state: PruneState, params, grads, plan: _Plan, level):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     scores = criterion(params, grads, key)
-    _trees.check_same_structure(params, scores, "the criterion's scores")
-    old = _mask_leaves(state.masks)
-    new_scores = _prunable_leaves(scores, plan)
-    for path, score, mask in zip(plan.paths, new_scores, old):
-      if jnp.shape(score) != mask.shape:
-        raise ValueError(
-            f"the criterion's score for {_trees.path_string(path)} has shape "
-            f"{jnp.shape(score)}, expected {mask.shape}"
-        )
-    keys = [_selection.ranking_keys(s, m) for s, m in zip(new_scores, old)]
-    nan_scores = jnp.zeros((), jnp.int32)
-    if allocation == "global":
-      keys, forced_nan = zip(*(_with_best_forced(k) for k in keys))
-      nan_scores = sum(f.astype(jnp.int32) for f in forced_nan)
-    selection = _selection.keep_top_k(
-        keys, plan.group_ids, plan.group_sizes, jnp.asarray(plan.kept)[level]
+    return selected_masks(
+        scores, state.masks, plan, allocation, jnp.asarray(plan.kept)[level]
     )
-    new = [k & m for k, m in zip(selection.kept, old)]
-    nan_scores = nan_scores + jnp.sum(selection.nan_counts)
-    masks = jax.tree.unflatten(jax.tree.structure(state.masks), new)
-    return masks, nan_scores
 
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "prune")

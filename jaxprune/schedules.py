@@ -28,7 +28,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Schedule", "constant", "one_shot", "piecewise", "polynomial"]
+__all__ = [
+    "Schedule",
+    "constant",
+    "geometric",
+    "geometric_rounds",
+    "one_shot",
+    "piecewise",
+    "polynomial",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,3 +196,66 @@ def polynomial(
       for t in steps
   ]
   return piecewise(steps, sparsities)
+
+
+def geometric_rounds(final_sparsity: float, steps: int = 5) -> tuple[float, ...]:
+  """The sparsities of SNIP-it's rounds (Verdenius et al. 2020).
+
+  ``k_i = K - (K - 0.5) * 0.5**i`` for ``i = 0..steps``, then ``K``: each
+  round halves the distance left to the final sparsity ``K``, starting from
+  0.5.  Rounds that would not be below ``K`` (when ``K <= 0.5``) are dropped,
+  so a target of at most 0.5 is a single round.
+
+  Example:
+    >>> from jaxprune import schedules
+    >>> [round(k, 4) for k in schedules.geometric_rounds(0.98)]
+    [0.5, 0.74, 0.86, 0.92, 0.95, 0.965, 0.98]
+
+  Args:
+    final_sparsity: ``K``, in ``[0, 1]``.
+    steps: ``S``, the number of halvings after the first round; >= 0.
+
+  Returns:
+    Strictly increasing sparsities ending with ``final_sparsity``.
+  """
+  final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
+  if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+    raise TypeError(f"steps must be an integer, got {steps!r}")
+  if steps < 0:
+    raise ValueError(f"steps must be >= 0, got {steps}")
+  rounds = [
+      final_sparsity - (final_sparsity - 0.5) * 0.5**i for i in range(steps + 1)
+  ]
+  return tuple(k for k in rounds if k < final_sparsity) + (final_sparsity,)
+
+
+def geometric(
+    final_sparsity: float, begin_step: int, frequency: int, steps: int = 5
+) -> Schedule:
+  """SNIP-it during training: one :func:`geometric_rounds` round per event.
+
+  The rounds fire at ``begin_step, begin_step + frequency, ...``; with the
+  saliency criterion, ``jaxprune.prune`` then does SNIP-it's pruning during
+  training (the optimizer state is kept).
+
+  Example:
+    >>> from jaxprune import schedules
+    >>> s = schedules.geometric(0.9, begin_step=100, frequency=50, steps=2)
+    >>> s.steps, [round(k, 3) for k in s.sparsities]
+    ((100, 150, 200, 250), [0.5, 0.7, 0.8, 0.9])
+
+  Args:
+    final_sparsity: the last round's sparsity, in ``[0, 1]``.
+    begin_step: the step of the first round.
+    frequency: steps between rounds, at least 1.
+    steps: as in :func:`geometric_rounds`.
+  """
+  rounds = geometric_rounds(final_sparsity, steps)
+  begin_step = _check_step(begin_step, "begin_step")
+  if isinstance(frequency, bool) or not isinstance(frequency, numbers.Integral):
+    raise TypeError(f"frequency must be an integer, got {frequency!r}")
+  if frequency < 1:
+    raise ValueError(f"frequency must be >= 1, got {frequency}")
+  return piecewise(
+      [begin_step + i * int(frequency) for i in range(len(rounds))], rounds
+  )

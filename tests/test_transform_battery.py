@@ -14,6 +14,11 @@ from jaxprune import criteria, schedules
 
 _SCHEDULE = schedules.polynomial(0.75, begin_step=0, end_step=4, frequency=2)
 
+# Initial masks as jaxprune.snip would give them: every fourth weight kept.
+_FIXED_MASKS = {
+    "a": {"kernel": np.arange(30).reshape(6, 5) % 4 == 0, "bias": None},
+    "b": {"kernel": np.arange(72).reshape(3, 3, 2, 4) % 4 == 0},
+}
 _TRANSFORMS = {
     "prune-magnitude-global": lambda inner: jaxprune.prune(
         inner, criterion=criteria.magnitude, schedule=_SCHEDULE),
@@ -22,6 +27,7 @@ _TRANSFORMS = {
         allocation="layerwise"),
     "prune-saliency-erk": lambda inner: jaxprune.prune(
         inner, criterion=criteria.saliency, schedule=_SCHEDULE, allocation="erk"),
+    "prune-fixed-masks": lambda inner: jaxprune.prune(inner, masks=_FIXED_MASKS),
     "flipout": lambda inner: jaxprune.flipout(inner, prune_every=2),
     "flipout-noiseless-p1": lambda inner: jaxprune.flipout(
         inner, prune_every=2, rate=0.6, p=1.0, noise=0.0, final_sparsity=0.8),

@@ -1,0 +1,251 @@
+"""SNIP and SNIP-it: pruning before training by connection sensitivity.
+
+SNIP (Lee et al. 2019) scores every weight by its connection sensitivity
+``|g * w|``, with ``g`` the gradient of the loss over a few batches, and keeps
+the best ones in one shot.  SNIP-it (Verdenius et al. 2020) reaches the same
+sparsity in rounds of :func:`jaxprune.schedules.geometric_rounds` sparsity,
+recomputing the sensitivity of the surviving network before each round; at
+high sparsity this avoids SNIP's disconnected layers.
+
+Both return masks (True = kept) for the prunable leaves.  Training keeps them
+with ``jaxprune.prune(inner, masks=masks)``; :func:`jaxprune.apply_masks`
+zeroes the pruned weights before the first forward pass.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> import jaxprune
+  >>> params = {'w': jax.random.normal(jax.random.key(0), (8, 4))}
+  >>> x = jax.random.normal(jax.random.key(1), (32, 8))
+  >>> batches = [(x, x[:, :4] * 2.0)]
+  >>> def loss_fn(params, batch):
+  ...   inputs, targets = batch
+  ...   return jnp.mean((inputs @ params['w'] - targets) ** 2)
+  >>> masks = jaxprune.snip_it(loss_fn, params, batches, sparsity=0.75)
+  >>> int(masks['w'].sum())  # exactly 25% of 32 weights kept
+  8
+  >>> params = jaxprune.apply_masks(params, masks)
+
+References:
+  Lee, Ajanthan and Torr, "SNIP: Single-shot network pruning based on
+  connection sensitivity", ICLR 2019, https://arxiv.org/abs/1810.02340
+
+  Verdenius, Stol and Forre, "Pruning via Iterative Ranking of Sensitivity
+  Statistics", 2020, https://arxiv.org/abs/2006.00896
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune import _allocation
+from jaxprune import _pruning
+from jaxprune import _trees
+from jaxprune import schedules
+
+LossFn = Callable[[Any, Any], jax.Array]
+_CALLER = "jaxprune.snip_it"
+
+
+def sensitivity(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
+  """The connection sensitivity ``|w * sum_b dL(w, b)/dw|`` of every weight.
+
+  The gradients of ``loss_fn`` are summed over ``batches`` (the authors
+  accumulate them the same way) and multiplied by the weights.  Run the
+  model in evaluation mode inside ``loss_fn`` (batch norm on its running
+  statistics), as both papers do.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxprune
+    >>> loss_fn = lambda p, b: jnp.sum(p['w'] * b)
+    >>> jaxprune.sensitivity(loss_fn, {'w': jnp.array([2.0, -3.0])},
+    ...                      [jnp.array([1.0, 1.0]), jnp.array([0.5, -2.0])])['w']
+    Array([3., 3.], dtype=float32)
+
+  Args:
+    loss_fn: ``(params, batch) -> scalar loss``.
+    params: the parameter tree.
+    batches: a non-empty sequence of batches.
+
+  Returns:
+    A tree of float32 scores with the structure of ``params`` (whose leaves
+    must all be floating, as ``jax.grad`` requires).
+
+  Raises:
+    ValueError: if ``batches`` is empty.
+  """
+  batches = list(batches)
+  if not batches:
+    raise ValueError("sensitivity needs at least one batch, got none")
+  total = None
+  for batch in batches:
+    grads = _gradient(loss_fn)(params, batch)
+    total = grads if total is None else jax.tree.map(jnp.add, total, grads)
+  return jax.tree.map(
+      lambda w, g: jnp.abs(g.astype(jnp.float32) * w.astype(jnp.float32)),
+      params, total)
+
+
+@functools.lru_cache(maxsize=8)
+def _gradient(loss_fn: LossFn):
+  return jax.jit(jax.grad(loss_fn))
+
+
+def _round_batches(batches: Iterable[Any], batches_per_round: int):
+  """A function giving the batches of each round.
+
+  A sequence is used whole in every round; an iterator gives
+  ``batches_per_round`` fresh batches per round.
+  """
+  if isinstance(batches, Sequence):
+    if len(batches) == 0:
+      raise ValueError(f"{_CALLER}: batches is empty; give at least one batch")
+    return lambda: batches
+  iterator = iter(batches)
+
+  def fresh():
+    drawn = list(itertools.islice(iterator, batches_per_round))
+    if not drawn:
+      raise ValueError(
+          f"{_CALLER}: the batch iterator ran out; it must give "
+          f"batches_per_round={batches_per_round} batches per round")
+    return drawn
+
+  return fresh
+
+
+def _check_scores(scores, plan) -> None:
+  for path, score in zip(plan.paths, _pruning._prunable_leaves(scores, plan)):
+    bad = int(np.count_nonzero(~np.isfinite(np.asarray(score))))
+    if bad:
+      raise ValueError(
+          f"{_CALLER}: the sensitivity of {_trees.path_string(path)} is NaN "
+          f"or inf for {bad} weights; the loss or its gradient is not finite "
+          "at these params and batches")
+
+
+def snip_it(
+    loss_fn: LossFn,
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    sparsity: float,
+    steps: int = 5,
+    batches_per_round: int = 5,
+    allocation: str = "global",
+    prunable: _trees.PrunablePredicate | None = None,
+    masks: Any = None,
+) -> Any:
+  """SNIP-it before training: masks at ``sparsity``, found in rounds.
+
+  Each round of :func:`jaxprune.schedules.geometric_rounds` ``(sparsity,
+  steps)`` zeroes the pruned weights, recomputes :func:`sensitivity` over the
+  round's batches and keeps exactly the required number of the surviving
+  weights with the highest sensitivity (the counts and tie rules of
+  :func:`jaxprune.prune`; under ``"global"`` allocation every tensor keeps
+  its best weight).  The weights are not re-initialised between rounds.
+
+  Args:
+    loss_fn: ``(params, batch) -> scalar loss``, with the model in evaluation
+      mode.
+    params: the parameter tree (at initialisation).
+    batches: a sequence of batches, used whole in every round, or an
+      iterator, which gives ``batches_per_round`` fresh batches per round.
+    sparsity: the final fraction of prunable weights removed, in ``[0, 1]``.
+    steps: the number of halvings after the first round (``S``; 5 in the
+      paper).  ``steps=0`` with a sparsity above 0.5 prunes 0.5 then the
+      target.
+    batches_per_round: batches drawn per round from an iterator (5 in the
+      paper).
+    allocation: ``"global"`` (the paper), ``"layerwise"`` or ``"erk"``.
+    prunable: ``(path, leaf) -> bool``; by default the floating leaves with
+      ``ndim >= 2``.
+    masks: masks to start from (their pruned weights stay pruned); by
+      default all kept.
+
+  Returns:
+    A tree with the structure of ``params``: a boolean array (True = kept)
+    for every prunable leaf, ``None`` for the others.
+
+  Raises:
+    ValueError: a sparsity outside ``[0, 1]``, no batches, an unknown
+      allocation, a predicate selecting nothing, masks that do not fit the
+      params, a non-finite sensitivity.
+  """
+  rounds = schedules.geometric_rounds(sparsity, steps)
+  return _prune_in_rounds(loss_fn, params, batches, rounds, batches_per_round,
+                          allocation, prunable, masks)
+
+
+def snip(
+    loss_fn: LossFn,
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    sparsity: float,
+    batches_per_round: int = 5,
+    allocation: str = "global",
+    prunable: _trees.PrunablePredicate | None = None,
+    masks: Any = None,
+) -> Any:
+  """SNIP: masks at ``sparsity`` from one sensitivity ranking.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxprune
+    >>> params = {'w': jnp.array([[1.0, -2.0], [0.1, 3.0]]), 'b': jnp.ones(2)}
+    >>> loss_fn = lambda p, x: jnp.sum(x @ p['w'] + p['b'])
+    >>> jaxprune.snip(loss_fn, params, [jnp.ones((1, 2))],
+    ...               sparsity=0.5)['w'].tolist()
+    [[False, True], [False, True]]
+
+  Args:
+    loss_fn, params, batches, batches_per_round, allocation, prunable, masks:
+      as in :func:`snip_it`.
+    sparsity: the fraction of prunable weights removed, in ``[0, 1]``.
+
+  Returns:
+    The masks, as :func:`snip_it` returns them.
+  """
+  rounds = (schedules._check_sparsity(sparsity, "sparsity"),)
+  return _prune_in_rounds(loss_fn, params, batches, rounds, batches_per_round,
+                          allocation, prunable, masks)
+
+
+def _prune_in_rounds(loss_fn, params, batches, rounds, batches_per_round,
+                     allocation, prunable, masks):
+  if not callable(loss_fn):
+    raise TypeError(f"{_CALLER}: loss_fn must be callable, got {loss_fn!r}")
+  if (isinstance(batches_per_round, bool)
+      or not isinstance(batches_per_round, int) or batches_per_round < 1):
+    raise ValueError(
+        f"{_CALLER}: batches_per_round must be a positive integer, got "
+        f"{batches_per_round!r}")
+  _allocation.check_allocation(allocation)
+  plan = _pruning._plan_with(
+      params, prunable, allocation,
+      lambda shapes: [
+          _allocation.kept_counts(s, shapes, allocation) for s in rounds
+      ],
+      caller=_CALLER,
+  )
+  round_batches = _round_batches(batches, batches_per_round)
+  if masks is None:
+    masks = _pruning._all_kept(plan, params)
+  else:
+    masks = _pruning._initial_masks(masks, params, plan, _CALLER)
+  select = jax.jit(functools.partial(
+      _pruning.selected_masks, plan=plan, allocation=allocation))
+  for level in range(len(rounds)):
+    scores = sensitivity(
+        loss_fn, _pruning.apply_masks(params, masks), round_batches())
+    _check_scores(scores, plan)
+    masks, _ = select(scores, masks, kept=jnp.asarray(plan.kept[level]))
+  return masks
