@@ -23,6 +23,9 @@ from jaxprune._l0 import expected_density
 from jaxprune._l0 import expected_l0
 from jaxprune._l0 import gate_labels
 from jaxprune._l0 import hard_masks
+from jaxprune._paths import Connectivity
+from jaxprune._paths import connectivity
+from jaxprune._paths import synflow
 from jaxprune._projections import ProjectionState
 from jaxprune._projections import l11_ball_projection
 from jaxprune._projections import l1_ball_projection
@@ -33,6 +36,8 @@ from jaxprune._projections import project_l21
 from jaxprune._pruning import PruneState
 from jaxprune._pruning import apply_masks
 from jaxprune._pruning import prune
+from jaxprune._snip import gradient_flow
+from jaxprune._snip import grasp
 from jaxprune._snip import sensitivity
 from jaxprune._snip import snip
 from jaxprune._snip import snip_it
@@ -41,6 +46,7 @@ from jaxprune._train_state import TrainState
 __version__ = "0.1.0.dev0"
 
 __all__ = (
+    "Connectivity",
     "Density",
     "DualAscentState",
     "FlipOutSchedule",
@@ -53,6 +59,7 @@ __all__ = (
     "apply_masks",
     "apply_gates",
     "clip_log_alpha",
+    "connectivity",
     "criteria",
     "density_constraint",
     "dual_ascent",
@@ -63,6 +70,8 @@ __all__ = (
     "flipout_schedule",
     "flipout_sparsity",
     "gate_labels",
+    "gradient_flow",
+    "grasp",
     "hard_masks",
     "l0_penalty",
     "l11_ball_projection",
@@ -78,4 +87,5 @@ __all__ = (
     "snip",
     "snip_it",
     "sparsity",
+    "synflow",
 )

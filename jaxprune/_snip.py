@@ -50,7 +50,6 @@ from jaxprune import _trees
 from jaxprune import schedules
 
 LossFn = Callable[[Any, Any], jax.Array]
-_CALLER = "jaxprune.snip_it"
 
 
 def sensitivity(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
@@ -98,7 +97,7 @@ def _gradient(loss_fn: LossFn):
   return jax.jit(jax.grad(loss_fn))
 
 
-def _round_batches(batches: Iterable[Any], batches_per_round: int):
+def _round_batches(batches: Iterable[Any], batches_per_round: int, caller: str):
   """A function giving the batches of each round.
 
   A sequence is used whole in every round; an iterator gives
@@ -106,7 +105,7 @@ def _round_batches(batches: Iterable[Any], batches_per_round: int):
   """
   if isinstance(batches, Sequence):
     if len(batches) == 0:
-      raise ValueError(f"{_CALLER}: batches is empty; give at least one batch")
+      raise ValueError(f"{caller}: batches is empty; give at least one batch")
     return lambda: batches
   iterator = iter(batches)
 
@@ -114,19 +113,19 @@ def _round_batches(batches: Iterable[Any], batches_per_round: int):
     drawn = list(itertools.islice(iterator, batches_per_round))
     if not drawn:
       raise ValueError(
-          f"{_CALLER}: the batch iterator ran out; it must give "
+          f"{caller}: the batch iterator ran out; it must give "
           f"batches_per_round={batches_per_round} batches per round")
     return drawn
 
   return fresh
 
 
-def _check_scores(scores, plan) -> None:
+def _check_scores(scores, plan, caller: str) -> None:
   for path, score in zip(plan.paths, _pruning._prunable_leaves(scores, plan)):
     bad = int(np.count_nonzero(~np.isfinite(np.asarray(score))))
     if bad:
       raise ValueError(
-          f"{_CALLER}: the sensitivity of {_trees.path_string(path)} is NaN "
+          f"{caller}: the score of {_trees.path_string(path)} is NaN "
           f"or inf for {bad} weights; the loss or its gradient is not finite "
           "at these params and batches")
 
@@ -180,8 +179,9 @@ def snip_it(
       params, a non-finite sensitivity.
   """
   rounds = schedules.geometric_rounds(sparsity, steps)
-  return _prune_in_rounds(loss_fn, params, batches, rounds, batches_per_round,
-                          allocation, prunable, masks)
+  return _prune_in_rounds("jaxprune.snip_it", sensitivity, loss_fn, params,
+                          batches, rounds, batches_per_round, allocation,
+                          prunable, masks)
 
 
 def snip(
@@ -201,7 +201,7 @@ def snip(
     >>> import jax.numpy as jnp
     >>> import jaxprune
     >>> params = {'w': jnp.array([[1.0, -2.0], [0.1, 3.0]]), 'b': jnp.ones(2)}
-    >>> loss_fn = lambda p, x: jnp.sum(x @ p['w'] + p['b'])
+    >>> loss_fn = lambda p, x: jnp.sum(x @ p['w'] + p['b'][None])
     >>> jaxprune.snip(loss_fn, params, [jnp.ones((1, 2))],
     ...               sparsity=0.5)['w'].tolist()
     [[False, True], [False, True]]
@@ -215,18 +215,101 @@ def snip(
     The masks, as :func:`snip_it` returns them.
   """
   rounds = (schedules._check_sparsity(sparsity, "sparsity"),)
-  return _prune_in_rounds(loss_fn, params, batches, rounds, batches_per_round,
-                          allocation, prunable, masks)
+  return _prune_in_rounds("jaxprune.snip", sensitivity, loss_fn, params,
+                          batches, rounds, batches_per_round, allocation,
+                          prunable, masks)
 
 
-def _prune_in_rounds(loss_fn, params, batches, rounds, batches_per_round,
-                     allocation, prunable, masks):
+def gradient_flow(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
+  """GraSP's keep score ``w * (H g)``, with ``g`` and ``H`` summed over batches.
+
+  GraSP (Wang et al. 2020) removes the weights whose removal reduces the
+  gradient norm least: those with the largest ``-w * Hg``; this returns
+  ``w * Hg``, so that keeping the highest scores is GraSP's rule.  The
+  Hessian-gradient product is exact (forward-over-reverse), one per batch.
+  The authors divide the logits by a temperature (200) inside the loss: do
+  that in ``loss_fn`` to follow them.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxprune
+    >>> loss_fn = lambda p, b: 0.5 * jnp.sum(b * p['w'] ** 2)  # H = diag(b)
+    >>> jaxprune.gradient_flow(loss_fn, {'w': jnp.array([1.0, -2.0])},
+    ...                        [jnp.array([3.0, 1.0])])['w']
+    Array([9., 4.], dtype=float32)
+
+  Args:
+    loss_fn: ``(params, batch) -> scalar loss``.
+    params: the parameter tree (floating leaves).
+    batches: a non-empty sequence of batches.
+
+  Returns:
+    A tree of float32 scores with the structure of ``params``.
+  """
+  batches = list(batches)
+  if not batches:
+    raise ValueError("gradient_flow needs at least one batch, got none")
+  grad = _gradient(loss_fn)
+  g = functools.reduce(
+      lambda a, b: jax.tree.map(jnp.add, a, b),
+      (grad(params, batch) for batch in batches))
+  hg = functools.reduce(
+      lambda a, b: jax.tree.map(jnp.add, a, b),
+      (_hessian_vector(loss_fn)(params, batch, g) for batch in batches))
+  return jax.tree.map(
+      lambda w, h: w.astype(jnp.float32) * h.astype(jnp.float32), params, hg)
+
+
+@functools.lru_cache(maxsize=8)
+def _hessian_vector(loss_fn: LossFn):
+  def product(params, batch, vector):
+    return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (vector,))[1]
+  return jax.jit(product)
+
+
+def grasp(
+    loss_fn: LossFn,
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    sparsity: float,
+    batches_per_round: int = 5,
+    allocation: str = "global",
+    prunable: _trees.PrunablePredicate | None = None,
+    masks: Any = None,
+) -> Any:
+  """GraSP: masks at ``sparsity`` that preserve the gradient flow.
+
+  Keeps the weights with the highest :func:`gradient_flow` score, in one
+  shot, with the counts and tie rules of :func:`jaxprune.prune`.
+
+  Args:
+    loss_fn, params, batches, batches_per_round, allocation, prunable, masks:
+      as in :func:`snip_it`.
+    sparsity: the fraction of prunable weights removed, in ``[0, 1]``.
+
+  Returns:
+    The masks, as :func:`snip_it` returns them.
+
+  References:
+    Wang, Zhang and Grosse, "Picking Winning Tickets Before Training by
+    Preserving Gradient Flow", ICLR 2020, https://arxiv.org/abs/2002.07376
+  """
+  rounds = (schedules._check_sparsity(sparsity, "sparsity"),)
+  return _prune_in_rounds("jaxprune.grasp", gradient_flow, loss_fn, params,
+                          batches, rounds, batches_per_round, allocation,
+                          prunable, masks)
+
+
+def _prune_in_rounds(caller, score_fn, loss_fn, params, batches, rounds,
+                     batches_per_round, allocation, prunable, masks):
+  """Masks from ``score_fn(loss_fn, masked params, batches)``, round by round."""
   if not callable(loss_fn):
-    raise TypeError(f"{_CALLER}: loss_fn must be callable, got {loss_fn!r}")
+    raise TypeError(f"{caller}: loss_fn must be callable, got {loss_fn!r}")
   if (isinstance(batches_per_round, bool)
       or not isinstance(batches_per_round, int) or batches_per_round < 1):
     raise ValueError(
-        f"{_CALLER}: batches_per_round must be a positive integer, got "
+        f"{caller}: batches_per_round must be a positive integer, got "
         f"{batches_per_round!r}")
   _allocation.check_allocation(allocation)
   plan = _pruning._plan_with(
@@ -234,18 +317,18 @@ def _prune_in_rounds(loss_fn, params, batches, rounds, batches_per_round,
       lambda shapes: [
           _allocation.kept_counts(s, shapes, allocation) for s in rounds
       ],
-      caller=_CALLER,
+      caller=caller,
   )
-  round_batches = _round_batches(batches, batches_per_round)
+  round_batches = _round_batches(batches, batches_per_round, caller)
   if masks is None:
     masks = _pruning._all_kept(plan, params)
   else:
-    masks = _pruning._initial_masks(masks, params, plan, _CALLER)
+    masks = _pruning._initial_masks(masks, params, plan, caller)
   select = jax.jit(functools.partial(
       _pruning.selected_masks, plan=plan, allocation=allocation))
   for level in range(len(rounds)):
-    scores = sensitivity(
+    scores = score_fn(
         loss_fn, _pruning.apply_masks(params, masks), round_batches())
-    _check_scores(scores, plan)
+    _check_scores(scores, plan, caller)
     masks, _ = select(scores, masks, kept=jnp.asarray(plan.kept[level]))
   return masks

@@ -222,3 +222,32 @@ def test_snip_it_during_training_fires_the_geometric_rounds():
   r = [45 - round(s * 45) for s in schedule.sparsities]  # prune's count rule
   assert kept == [45, 45] + [r[0]] * 3 + [r[1]] * 3 + [r[2]] * 3 + [r[3]]
   assert r == [23, 14, 9, 5]
+
+
+@strict_dtypes
+def test_gradient_flow_is_w_times_hessian_gradient():
+  # Least squares: g = X^T (X W - Y) / n and H acts column by column as X^T X / n.
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(20, 4)).astype(np.float32)
+  y = rng.normal(size=(20, 3)).astype(np.float32)
+  w = rng.normal(size=(4, 3)).astype(np.float32)
+  loss = lambda p, b: 0.5 * jnp.sum((b[0] @ p["w"] - b[1]) ** 2) / 20
+  batches = [(jnp.asarray(x[:10]), jnp.asarray(y[:10])),
+             (jnp.asarray(x[10:]), jnp.asarray(y[10:]))]
+  got = jaxprune.gradient_flow(loss, {"w": jnp.asarray(w)}, batches)["w"]
+  x64, y64, w64 = (a.astype(np.float64) for a in (x, y, w))
+  g = x64.T @ (x64 @ w64 - y64) / 20
+  np.testing.assert_allclose(np.asarray(got), w64 * (x64.T @ x64 @ g / 20),
+                             rtol=1e-4, atol=1e-6)
+
+
+@strict_dtypes
+def test_grasp_keeps_the_highest_gradient_flow_scores():
+  params, batches = _params(), _batches(2)
+  masks = jaxprune.grasp(_loss, params, batches, sparsity=0.7)
+  scores = jaxprune.gradient_flow(_loss, params, batches)
+  kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
+  want = reference.keep_top_k(kernels, [np.ones(k.shape, bool) for k in kernels],
+                              [0, 0], [45 - round(0.7 * 45)], force_best=True)
+  for layer, w in zip(("hidden", "out"), want):
+    np.testing.assert_array_equal(np.asarray(masks[layer]["kernel"]), w)
