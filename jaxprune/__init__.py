@@ -41,6 +41,11 @@ from jaxprune._snip import grasp
 from jaxprune._snip import sensitivity
 from jaxprune._snip import snip
 from jaxprune._snip import snip_it
+from jaxprune._structured import Shrunk
+from jaxprune._structured import mask_nodes
+from jaxprune._structured import node_sensitivity
+from jaxprune._structured import shrink
+from jaxprune._structured import snap_it
 from jaxprune._train_state import TrainState
 
 __version__ = "0.1.0.dev0"
@@ -53,6 +58,7 @@ __all__ = (
     "FlipOutState",
     "ProjectionState",
     "PruneState",
+    "Shrunk",
     "Sparsity",
     "TrainState",
     "add_gates",
@@ -77,13 +83,17 @@ __all__ = (
     "l11_ball_projection",
     "l1_ball_projection",
     "l21_ball_projection",
+    "mask_nodes",
     "masks_of",
+    "node_sensitivity",
     "project_l1",
     "project_l11",
     "project_l21",
     "prune",
     "schedules",
     "sensitivity",
+    "shrink",
+    "snap_it",
     "snip",
     "snip_it",
     "sparsity",
