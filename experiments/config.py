@@ -50,6 +50,12 @@ class Config:
   rate: float = 0.5
   flipout_p: float = 2.0
   noise: float = 1.0
+  # Before training (snip, snip_it, grasp, synflow) and SNIP-it during
+  # training (snip_it_during): batches of the sensitivity, halvings.
+  init_batches: int = 5
+  init_batch_size: int = 512
+  rounds: int = 5  # SNIP-it's S: the geometric rounds after the first
+  synflow_rounds: int = 100
   # L0 gates (methods l0_constrained and l0_penalty; experiments.constrained).
   gates: str = "unit"  # unit (input neurons and filters) | weight
   drop_rate: float = 0.5  # initial d0: log_alpha ~ N(log((1 - d0) / d0), 0.01)

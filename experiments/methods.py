@@ -14,7 +14,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -100,11 +101,14 @@ METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.Gradie
         p=config.flipout_p, noise=config.noise, final_sparsity=config.sparsity,
         seed=config.seed, max_steps=config.steps,
     ),
-    # SNIP (Lee et al. 2019): saliency on the first batch, once, before any
-    # update, to the final sparsity.
-    "snip": lambda inner, config: jaxprune.prune(
+    # SNIP-it during training (Verdenius et al. 2020): one geometric round
+    # of |g * w| on the step's batch every `prune_every` steps from
+    # `begin_step`, until `sparsity`.
+    "snip_it_during": lambda inner, config: jaxprune.prune(
         inner, criterion=jaxprune.criteria.saliency,
-        schedule=jaxprune.schedules.constant(config.sparsity),
+        schedule=jaxprune.schedules.geometric(
+            config.sparsity, config.begin_step, config.pruning_period(),
+            config.rounds),
         allocation=config.allocation, seed=config.seed,
     ),
     # L0 gates (see gated_params): the density as a constraint, or a penalty.
@@ -119,6 +123,44 @@ METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.Gradie
 }
 
 GATED_METHODS = ("l0_constrained", "l0_penalty")
+# Methods that find the masks before training (initial_masks); training keeps
+# them unchanged.
+BEFORE_TRAINING = ("snip", "snip_it", "grasp", "synflow")
+
+
+def initial_masks(config: Config, model, variables: Any,
+                  batches: Iterator[dict]) -> Any:
+  """The masks of a before-training method, from the initial ``variables``.
+
+  ``batches`` gives training batches ``{"image", "label"}``: SNIP and GraSP
+  use ``config.init_batches`` of them, SNIP-it that many fresh ones per
+  round (``config.rounds`` halvings), SynFlow none (``config.synflow_rounds``
+  rounds on an all-ones input).  The model runs in evaluation mode.
+  """
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+
+  def loss_fn(p, batch):
+    logits = model.apply({"params": p, "batch_stats": batch_stats},
+                         batch["image"], train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+
+  common = dict(sparsity=config.sparsity, allocation=config.allocation)
+  if config.method == "snip_it":
+    return jaxprune.snip_it(loss_fn, params, batches, steps=config.rounds,
+                            batches_per_round=config.init_batches, **common)
+  if config.method in ("snip", "grasp"):
+    fixed = list(itertools.islice(batches, config.init_batches))
+    return getattr(jaxprune, config.method)(loss_fn, params, fixed, **common)
+  if config.method == "synflow":
+    def apply_fn(p, x):
+      return model.apply({"params": p, "batch_stats": batch_stats}, x,
+                         train=False)
+    shape = next(batches)["image"].shape[1:]
+    return jaxprune.synflow(apply_fn, params, shape,
+                            rounds=config.synflow_rounds, **common)
+  raise ValueError(f"{config.method!r} is not a before-training method")
 
 
 def init_params(config: Config, params: Any) -> Any:
@@ -152,10 +194,15 @@ def model_params(config: Config, params: Any, step: jax.Array | None = None) -> 
   return jaxprune.apply_gates(params, key)
 
 
-def build(inner: optax.GradientTransformation, config: Config):
-  """The optimizer that trains with ``config.method``."""
+def build(inner: optax.GradientTransformation, config: Config,
+          masks: Any = None):
+  """The optimizer that trains with ``config.method``; a before-training
+  method keeps ``masks`` (all kept if None: a template for restoring)."""
+  if config.method in BEFORE_TRAINING:
+    return jaxprune.prune(inner, masks=masks)
   if config.method not in METHODS:
     raise ValueError(
-        f"unknown method {config.method!r}; known: {sorted(METHODS)}"
+        f"unknown method {config.method!r}; known: "
+        f"{sorted(METHODS) + list(BEFORE_TRAINING)}"
     )
   return METHODS[config.method](inner, config)

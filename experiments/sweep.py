@@ -66,6 +66,15 @@ _FLIPOUT_GRID = {
     "sparsity": (0.9375, 0.984375, 0.99609375, 0.9990234375),
 }
 
+# SNIP-it's comparison at CPU scale: LeNet-5-Caffe, Adam (the authors'
+# optimizer, at batch 128 and learning rate 1e-3), 4 epochs after pruning at
+# initialisation; random prunes at step 0, before any update.
+_BEFORE_TRAINING_BASE = Config(
+    dataset="fashion_mnist", model="lenet5", steps=4 * _EPOCH, batch_size=128,
+    optimizer="adam", learning_rate=1e-3, schedule="constant",
+    log_every=_EPOCH // 2, eval_every=0, checkpoint_every=0,
+)
+
 SWEEPS: dict[str, Sweep] = {
     # FlipOut against global magnitude, random and SNIP on the same geometric
     # schedule (halve the survivors every epoch; SNIP prunes once at the first
@@ -83,6 +92,28 @@ SWEEPS: dict[str, Sweep] = {
                                  learning_rate=0.05),
         grid=_FLIPOUT_GRID,
         method_overrides={"snip": {"schedule": "constant"}},
+    ),
+    # Pruning before training: SNIP, SNIP-it, GraSP, SynFlow and random.
+    "before_training": Sweep(
+        base=_BEFORE_TRAINING_BASE,
+        grid={
+            "dataset": ("fashion_mnist",),
+            "method": ("snip", "snip_it", "grasp", "synflow", "random"),
+            "sparsity": (0.9, 0.95, 0.98, 0.99, 0.995),
+        },
+    ),
+    # During training at 98%: SNIP-it's rounds at the end of epochs 1..7 of
+    # 10, against gradual magnitude pruning over the same epochs.
+    "during_training": Sweep(
+        base=dataclasses.replace(
+            _BEFORE_TRAINING_BASE, steps=10 * _EPOCH, begin_step=_EPOCH,
+            end_step=7 * _EPOCH, prune_every=_EPOCH, frequency=_EPOCH // 2),
+        grid={
+            "dataset": ("fashion_mnist",),
+            "method": ("snip_it_during", "magnitude"),
+            "sparsity": (0.98,),
+        },
+        method_overrides={"magnitude": {"schedule": "polynomial"}},
     ),
 }
 
@@ -148,8 +179,19 @@ def collect(configs: Sequence[Config], root: pathlib.Path) -> list[dict]:
         "best_test_accuracy": summary["best_test_accuracy"],
         "per_layer_sparsity": summary["per_layer_sparsity"],
         "wall_time_s": summary["wall_time_s"],
+        **_connectivity_fields(summary),
     })
   return records
+
+
+def _connectivity_fields(summary: dict) -> dict:
+  """Disconnected layers and effective weights, for runs that report them."""
+  if "connectivity" not in summary:
+    return {}
+  c = summary["connectivity"]
+  return {"disconnected_layers": c["disconnected_layers"],
+          "effective_weights": c["effective_weights"],
+          "kept_weights": c["kept_weights"]}
 
 
 def aggregate(records: Sequence[dict]) -> list[dict]:
@@ -165,6 +207,10 @@ def aggregate(records: Sequence[dict]) -> list[dict]:
         "achieved_sparsity": float(np.mean([r["global_sparsity"] for r in rs])),
         "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
         "seeds": len(rs),
+        **({"disconnected_runs": sum(bool(r["disconnected_layers"]) for r in rs),
+            "effective_fraction": float(np.mean(
+                [r["effective_weights"] / max(r["kept_weights"], 1) for r in rs]))}
+           if all("disconnected_layers" in r for r in rs) else {}),
     })
   return rows
 
@@ -188,6 +234,20 @@ def markdown_table(rows: Sequence[dict]) -> str:
             f"(n={hit[0]['seeds']})" if hit else "–"
         )
       lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if all("disconnected_runs" in r for r in sub):
+      lines.append(
+          f"\n**{dataset}**: runs with a layer cut off from every input-output "
+          "path / kept weights that lie on such a path\n")
+      lines.append("| method | " + " | ".join(f"{t:.2%}" for t in targets) + " |")
+      lines.append("| --- |" + " --- |" * len(targets))
+      for m in methods:
+        cells = []
+        for t in targets:
+          hit = [r for r in sub if r["method"] == m and r["target_sparsity"] == t]
+          cells.append(
+              f"{hit[0]['disconnected_runs']}/{hit[0]['seeds']} / "
+              f"{hit[0]['effective_fraction']:.1%}" if hit else "–")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ CPU, several (simulated) devices, a GPU or a TPU host.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import pathlib
 import time
@@ -48,7 +49,7 @@ class TrainState(jaxprune.TrainState):
   batch_stats: Any = None
 
 
-def _optimizer(config: Config) -> optax.GradientTransformation:
+def _optimizer(config: Config, masks=None) -> optax.GradientTransformation:
   if config.lr_schedule == "constant":
     lr = config.learning_rate
   elif config.lr_schedule == "cosine":
@@ -76,16 +77,34 @@ def _optimizer(config: Config) -> optax.GradientTransformation:
     )
   else:
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
-  return methods.build(inner, config)
+  return methods.build(inner, config, masks)
 
 
-def create_state(config: Config, model, sample: np.ndarray) -> TrainState:
-  """The initial train state, a pure function of the config's seed."""
+def _init_batches(config: Config, train_split):
+  """The batches of a before-training method: a stream of its own (seed + 1),
+  so that training sees the same batches whatever the method."""
+  for i in itertools.count():
+    yield data.train_batch(train_split, config.init_batch_size,
+                           config.seed + 1, i)
+
+
+def create_state(config: Config, model, sample: np.ndarray,
+                 train_split=None) -> TrainState:
+  """The initial train state, a pure function of the config's seed.
+
+  A before-training method prunes here, on ``train_split``; without it
+  (a template to restore a checkpoint into) its masks keep everything.
+  """
   variables = model.init(jax.random.key(config.seed), sample, train=False)
+  params, masks = variables["params"], None
+  if config.method in methods.BEFORE_TRAINING and train_split is not None:
+    masks = methods.initial_masks(config, model, variables,
+                                  _init_batches(config, train_split))
+    params = jaxprune.apply_masks(params, masks)
   return TrainState.create(
       apply_fn=model.apply,
-      params=methods.init_params(config, variables["params"]),
-      tx=_optimizer(config),
+      params=methods.init_params(config, params),
+      tx=_optimizer(config, masks),
       batch_stats=variables.get("batch_stats", {}),
   )
 
@@ -185,6 +204,33 @@ def structure_report(state: TrainState, config: Config) -> dict:
   }
 
 
+def connectivity_report(state: TrainState, config: Config) -> dict:
+  """Layers cut off from every input-to-output path, and the kept weights on
+  a path (``jaxprune.connectivity``), for a run with masks and without batch
+  norm; {} otherwise."""
+  try:
+    masks = state.masks
+  except ValueError:  # no pruning state
+    return {}
+  if state.batch_stats:
+    return {}
+  shape = data.IMAGE_SHAPES[config.dataset]
+
+  def apply_fn(p, x):
+    return state.apply_fn({"params": p}, x, train=False)
+
+  report = jaxprune.connectivity(apply_fn, jax.device_get(state.params),
+                                 jax.device_get(masks), shape)
+  kept, effective = sum(report.kept.values()), sum(report.effective.values())
+  return {
+      "connected": report.connected,
+      "disconnected_layers": list(report.disconnected),
+      "kept_weights": kept,
+      "effective_weights": effective,
+      "effective_per_layer": report.effective,
+  }
+
+
 def _layer_name(path) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
@@ -250,11 +296,13 @@ def _truncate_log(path: pathlib.Path, after: int) -> None:
     path.write_text("".join(l + "\n" for l in kept))
 
 
-def _initial_state(config: Config) -> TrainState:
-  """The replicated initial state, from the model's input shape alone."""
+def _initial_state(config: Config, train_split=None) -> TrainState:
+  """The replicated initial state, from the model's input shape (and, for a
+  before-training method, from ``train_split``)."""
   model = models.get_model(config.model, num_classes=10)
   shape = data.IMAGE_SHAPES[config.dataset]
-  state = create_state(config, model, np.zeros((1, *shape), np.float32))
+  state = create_state(config, model, np.zeros((1, *shape), np.float32),
+                       train_split)
   mesh = data.data_mesh()
   return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
@@ -283,11 +331,12 @@ def train_and_evaluate(
                          tfds_dir=config.tfds_dir)
   mesh = data.data_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
-  state = _initial_state(config)
-
   manager = _checkpoint_manager(workdir)
+  resuming = resume and manager.latest_step() is not None
+  state = _initial_state(config, None if resuming else train_split)
+
   metrics_path = workdir / "metrics.jsonl"
-  if resume and manager.latest_step() is not None:
+  if resuming:
     state = _restore(manager, manager.latest_step(), state)
     _truncate_log(metrics_path, after=manager.latest_step())
   elif metrics_path.exists():
@@ -350,6 +399,7 @@ def train_and_evaluate(
       "wall_time_s": time.perf_counter() - started,
       "devices": jax.device_count(),
       **({"l0": l0} if (l0 := structure_report(state, config)) else {}),
+      **({"connectivity": c} if (c := connectivity_report(state, config)) else {}),
       "config": to_dict(config),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -141,3 +141,23 @@ def test_a_gated_run_logs_density_and_multipliers_and_resumes(data_dirs, tmp_pat
   assert "log_alpha" in full.params["Dense_0"]
   for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
+
+
+def test_a_before_training_run_keeps_its_masks_and_resumes(data_dirs, tmp_path):
+  """SNIP-it prunes before the first step; training keeps exactly its masks,
+  the summary reports connectivity, and a resumed run ends where an
+  uninterrupted one does (the masks come back from the checkpoint)."""
+  config = _smoke(data_dirs, method="snip_it", sparsity=0.95, init_batches=1,
+                  init_batch_size=32, rounds=2)
+  summary = train.train_and_evaluate(config, tmp_path / "full", progress=False)
+  assert summary["global_sparsity"] == pytest.approx(round(0.95 * 266200) / 266200)
+  assert summary["connectivity"]["connected"]
+  assert summary["connectivity"]["disconnected_layers"] == []
+  records = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  assert {r["sparsity"] for r in records} == {summary["global_sparsity"]}
+
+  half = dataclasses.replace(config, steps=10)
+  train.train_and_evaluate(half, tmp_path / "resumed", progress=False)
+  train.train_and_evaluate(config, tmp_path / "resumed", resume=True, progress=False)
+  _assert_trees_equal(train.load_checkpoint(config, tmp_path / "full"),
+                      train.load_checkpoint(config, tmp_path / "resumed"))
