@@ -128,6 +128,37 @@ GATED_METHODS = ("l0_constrained", "l0_penalty")
 BEFORE_TRAINING = ("snip", "snip_it", "grasp", "synflow")
 
 
+# Structured before training: the pruned units are removed (shrunk_network).
+STRUCTURED = ("snap_it",)
+
+
+def _eval_loss(model, batch_stats):
+  def loss_fn(p, batch):
+    logits = model.apply({"params": p, "batch_stats": batch_stats},
+                         batch["image"], train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+  return loss_fn
+
+
+def shrunk_network(config: Config, model, variables: Any,
+                   batches: Iterator[dict]) -> tuple[tuple[int, ...], Any]:
+  """SNAP-it at node sparsity ``config.sparsity``, then the pruned units
+  removed: the hidden widths and the params of the smaller network.
+
+  The layers are the params' top-level entries in name order (``Conv_*``
+  then ``Dense_*``: call order for the sequential models with ``widths``).
+  """
+  params = variables["params"]
+  layers = sorted(params)
+  loss_fn = _eval_loss(model, variables.get("batch_stats", {}))
+  nodes = jaxprune.snap_it(loss_fn, params, batches, sparsity=config.sparsity,
+                           layers=layers, steps=config.rounds,
+                           batches_per_round=config.init_batches)
+  small = jaxprune.shrink(params, nodes, layers=layers)
+  return tuple(small.widths[name] for name in layers[:-1]), small.params
+
+
 def initial_masks(config: Config, model, variables: Any,
                   batches: Iterator[dict]) -> Any:
   """The masks of a before-training method, from the initial ``variables``.
@@ -139,13 +170,7 @@ def initial_masks(config: Config, model, variables: Any,
   """
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
-
-  def loss_fn(p, batch):
-    logits = model.apply({"params": p, "batch_stats": batch_stats},
-                         batch["image"], train=False)
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["label"]).mean()
-
+  loss_fn = _eval_loss(model, batch_stats)
   common = dict(sparsity=config.sparsity, allocation=config.allocation)
   if config.method == "snip_it":
     return jaxprune.snip_it(loss_fn, params, batches, steps=config.rounds,
@@ -200,6 +225,8 @@ def build(inner: optax.GradientTransformation, config: Config,
   method keeps ``masks`` (all kept if None: a template for restoring)."""
   if config.method in BEFORE_TRAINING:
     return jaxprune.prune(inner, masks=masks)
+  if config.method in STRUCTURED:  # the network itself is smaller
+    return inner
   if config.method not in METHODS:
     raise ValueError(
         f"unknown method {config.method!r}; known: "

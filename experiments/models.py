@@ -39,16 +39,20 @@ def _batch_norm(train: bool) -> nn.BatchNorm:
 
 
 class LeNet300100(nn.Module):
-  """LeNet-300-100 (LeCun et al. 1998): 784-300-100-10, ReLU, 266,610 params."""
+  """LeNet-300-100 (LeCun et al. 1998): 784-300-100-10, ReLU, 266,610 params.
+
+  ``widths`` sets the hidden widths (a network shrunk by SNAP-it).
+  """
 
   num_classes: int = 10
+  widths: tuple[int, ...] = (300, 100)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # No batch norm or dropout.
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(300)(x))
-    x = nn.relu(nn.Dense(100)(x))
+    for width in self.widths:
+      x = nn.relu(nn.Dense(width)(x))
     return nn.Dense(self.num_classes)(x)
 
 
@@ -80,17 +84,20 @@ class Conv6(nn.Module):
   """
 
   num_classes: int = 10
+  # Six conv widths then two dense widths (a network shrunk by SNAP-it).
+  widths: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 256)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # No batch norm or dropout.
-    for features in (64, 128, 256):
-      x = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x))
-      x = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x))
+    convs, dense = self.widths[:6], self.widths[6:]
+    for i in range(0, 6, 2):
+      x = nn.relu(nn.Conv(convs[i], (3, 3), padding="SAME")(x))
+      x = nn.relu(nn.Conv(convs[i + 1], (3, 3), padding="SAME")(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(256)(x))
-    x = nn.relu(nn.Dense(256)(x))
+    for width in dense:
+      x = nn.relu(nn.Dense(width)(x))
     return nn.Dense(self.num_classes)(x)
 
 
@@ -242,12 +249,20 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def get_model(name: str, num_classes: int = 10) -> nn.Module:
+def get_model(name: str, num_classes: int = 10,
+              widths: tuple[int, ...] | None = None) -> nn.Module:
   """The model registered as ``name``, with ``num_classes`` logits.
 
+  ``widths`` gives the hidden widths of a model that has them (LeNet-300-100,
+  Conv-6), in call order.
+
   Raises:
-    ValueError: if ``name`` is not a key of ``MODELS``.
+    ValueError: if ``name`` is not a key of ``MODELS``, or has no widths.
   """
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; known: {', '.join(MODELS)}.")
-  return MODELS[name](num_classes=num_classes)
+  if widths is None:
+    return MODELS[name](num_classes=num_classes)
+  if "widths" not in MODELS[name].__dataclass_fields__:
+    raise ValueError(f"model {name!r} has no configurable widths")
+  return MODELS[name](num_classes=num_classes, widths=tuple(widths))

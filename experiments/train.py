@@ -101,6 +101,12 @@ def create_state(config: Config, model, sample: np.ndarray,
     masks = methods.initial_masks(config, model, variables,
                                   _init_batches(config, train_split))
     params = jaxprune.apply_masks(params, masks)
+  if config.method in methods.STRUCTURED:
+    if train_split is None:
+      raise ValueError(f"{config.method} needs the training split to prune")
+    widths, params = methods.shrunk_network(
+        config, model, variables, _init_batches(config, train_split))
+    model = models.get_model(config.model, num_classes=10, widths=widths)
   return TrainState.create(
       apply_fn=model.apply,
       params=methods.init_params(config, params),
@@ -281,7 +287,11 @@ def load_checkpoint(config: Config, workdir: str | pathlib.Path,
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-  like = _initial_state(config)
+  split = None
+  if config.method in methods.STRUCTURED:  # the shapes depend on the data
+    split = data.load(config.dataset, "train", source_dir=config.source_dir,
+                      tfds_dir=config.tfds_dir)
+  like = _initial_state(config, split)
   try:
     return _restore(manager, step, like)
   finally:
@@ -333,7 +343,8 @@ def train_and_evaluate(
   replicated = NamedSharding(mesh, PartitionSpec())
   manager = _checkpoint_manager(workdir)
   resuming = resume and manager.latest_step() is not None
-  state = _initial_state(config, None if resuming else train_split)
+  needs_data = not resuming or config.method in methods.STRUCTURED
+  state = _initial_state(config, train_split if needs_data else None)
 
   metrics_path = workdir / "metrics.jsonl"
   if resuming:
@@ -400,6 +411,9 @@ def train_and_evaluate(
       "devices": jax.device_count(),
       **({"l0": l0} if (l0 := structure_report(state, config)) else {}),
       **({"connectivity": c} if (c := connectivity_report(state, config)) else {}),
+      **({"widths": {name: int(np.shape(layer["kernel"])[-1])
+                     for name, layer in sorted(state.params.items())}}
+         if config.method in methods.STRUCTURED else {}),
       "config": to_dict(config),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

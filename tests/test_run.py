@@ -161,3 +161,18 @@ def test_a_before_training_run_keeps_its_masks_and_resumes(data_dirs, tmp_path):
   train.train_and_evaluate(config, tmp_path / "resumed", resume=True, progress=False)
   _assert_trees_equal(train.load_checkpoint(config, tmp_path / "full"),
                       train.load_checkpoint(config, tmp_path / "resumed"))
+
+
+def test_a_snap_it_run_trains_the_shrunk_network(data_dirs, tmp_path):
+  config = _smoke(data_dirs, method="snap_it", sparsity=0.75, init_batches=1,
+                  init_batch_size=32, rounds=1, steps=10, eval_every=0)
+  summary = train.train_and_evaluate(config, tmp_path, progress=False)
+  widths = summary["widths"]
+  assert widths["Dense_0"] + widths["Dense_1"] == 400 - 300
+  assert widths["Dense_2"] == 10
+  assert summary["params"] == (784 * widths["Dense_0"] + widths["Dense_0"]
+                               + widths["Dense_0"] * widths["Dense_1"]
+                               + widths["Dense_1"] + widths["Dense_1"] * 10 + 10)
+  state = train.load_checkpoint(config, tmp_path)
+  assert state.params["Dense_1"]["kernel"].shape == (widths["Dense_0"],
+                                                     widths["Dense_1"])
