@@ -1,195 +1,334 @@
-"""Step time of a pruned optimizer over the plain optax optimizer it wraps.
+"""The benchmark suite: what pruning costs over plain ``optax.adam(1e-3)``.
 
 Run from the repository root:
 
-    python -m benchmarks.throughput --steps 600
+    python -m benchmarks.throughput --quick --out /tmp/bench/quick.json
+    python -m benchmarks.throughput --out /tmp/bench/full.json   # ~30 min
+    python -m benchmarks.throughput --only lenet5:flipout --steps 300
+    python -m benchmarks.throughput --list           # the jobs, not run
 
-Both train steps are jitted with donated state, warmed up, then timed one
-step at a time with ``block_until_ready``, alternating between the two in
-short blocks in a random order, so that drift in the machine's speed hits
-both alike.  The figures are ratios measured in one process: the median
-over blocks of (pruned step without a mask update) / (plain step), and the
-total time of the whole schedule (mask updates amortised) over the plain
-run's total.
+``--quick`` runs a small plan in under two minutes on a 2-core CPU; the
+default full plan covers every model and method. ``--only MODEL[:METHOD]``
+(repeatable) keeps the matching jobs of the chosen plan, ``--kind`` keeps
+the jobs of some kinds, ``--steps`` overrides the steps of the step jobs.
+No code here depends on the backend: the same command runs on CPU, GPU
+or TPU, on ``jax.devices()[0]``.
+
+What is measured, always as pruned over plain adam on the same model in
+the same process (methods in ``benchmarks.methods``, models in
+``benchmarks.models``):
+
+- ``step``: the median time of a train step that updates no mask.
+- ``amortised``: the total time of the run, mask updates included, for
+  the methods that update masks (every 100 steps, the schedule spanning
+  the run).
+- ``compile``: tracing + lowering + compiling the pruned step
+  (``jax.jit(step).lower(...).compile()``), over the plain step's, each
+  timed once, on its own: no step time holds compilation.
+- ``mask_update``: a step of ``prune(adam, magnitude)`` that re-ranks every
+  weight globally, over a dense step, on the 4-layer MLP at batch 32.
+- ``memory``: the bytes of params + optimizer state that pruning adds.
+
+Step times follow one method (``benchmarks.timing``): the step is jitted
+with its state donated, warmed up on throw-away copies of the state, and
+timed step by step with ``block_until_ready``; the plain and pruned runs
+alternate in short blocks, in a random order per block, and ``ratio`` is
+the median over blocks of (pruned block median) / (plain block median).
+
+Output (``--out FILE``) is JSON::
+
+    {"environment": {"devices", "backend", "jax", "jaxlib", "host",
+                     "processor", "machine", "python", "cpu_count"},
+     "suite": {"mode", "argv", "wall_s", "errors"},
+     "records": [record, ...]}
+
+Every record has ``kind``, ``model``, ``method`` (a key of
+``benchmarks.methods.METHODS``; ``magnitude`` for ``mask_update``),
+``description``, ``batch``, ``params``, ``prunable_params``, ``ratio``,
+``plain_median_s``, ``pruned_median_s`` (``null`` for ``memory``, whose
+``batch`` is ``null`` too), ``target`` (the bound of
+``benchmarks.report.target_of``, or ``null``), ``target_ratio_max`` and
+``passed`` (``true``/``false``/``null``). By kind, also:
+
+- ``step``: ``steps``, ``block``, ``ratio_quartiles`` (over blocks),
+  ``mask_updates``, ``mask_update_median_s``, ``final_sparsity``.
+- ``amortised``: the same, with ``pruned_median_s`` over all steps and
+  ``plain_total_s``, ``pruned_total_s``; ``ratio`` is their quotient.
+- ``mask_update``: ``steps``, ``block``, ``ratio_quartiles``.
+- ``compile``: medians are the seconds of one compile each.
+- ``memory``: ``params_bytes``, ``plain_state_bytes``,
+  ``pruned_state_bytes``, ``added_bytes``,
+  ``added_bytes_per_prunable_param``, ``added_bytes_per_param``; ``ratio``
+  is ``added_bytes / params_bytes``.
+
+A markdown table (``--markdown``, by default the JSON's path with ``.md``)
+and a PNG plot of the ratios (``--plot``, by default ``.png``) go beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import pathlib
 import platform
+import sys
 import time
+import traceback
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+import jaxlib
 
-import jaxprune
-from experiments import models
-
-
-def _train_step(model, tx, forward=None):
-  """The jitted train step; ``forward`` maps the trained params to the
-  model's (L0 gates: sampled with a fixed key, which costs what a fresh key
-  does)."""
-  def step(params, opt_state, x, y):
-    def loss_fn(p):
-      logits = model.apply({"params": p if forward is None else forward(p)}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  return jax.jit(step, donate_argnums=(0, 1))
+from benchmarks import measure
+from benchmarks import methods
+from benchmarks import report
 
 
-def _timed_steps(step, params, opt_state, x, y, count):
-  times = []
-  for _ in range(count):
-    start = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, x, y)
-    jax.block_until_ready((params, opt_state, loss))
-    times.append(time.perf_counter() - start)
-  return params, opt_state, times
+class Job(NamedTuple):
+  """One measurement of the plan.
 
-
-def _l0_forward(params):
-  return jaxprune.apply_gates(params, jax.random.key(3))
-
-
-def _pruned_optimizer(method: str, steps: int):
-  """The pruned adam of ``method``, the steps at which it updates masks, its
-  description and, for L0 gates, the forward transform of the params."""
-  inner = optax.adam(1e-3)
-  if method == "magnitude":
-    schedule = jaxprune.schedules.polynomial(
-        final_sparsity=0.9, begin_step=0, end_step=steps - 1, frequency=100
-    )
-    tx = jaxprune.prune(inner, criterion=jaxprune.criteria.magnitude,
-                        schedule=schedule)
-    return (tx, set(schedule.steps),
-            "prune(adam, magnitude, polynomial every 100 steps)", None)
-  if method == "flipout":
-    tx = jaxprune.flipout(inner, prune_every=100, rate=0.5, final_sparsity=0.9)
-    return (tx, set(range(100, steps, 100)),
-            "flipout(adam, every 100 steps, noise 1)", None)
-  if method == "l0":
-    tx = optax.chain(
-        jaxprune.dual_ascent(jaxprune.density_constraint(0.5), dual_lr=1e-2),
-        inner, jaxprune.clip_log_alpha(),
-    )
-    return (tx, set(), "L0 unit gates + dual_ascent(density 0.5) + adam + clip",
-            _l0_forward)
-  if method in ("project_l1", "project_l21"):
-    project = getattr(jaxprune, method)
-    tx = optax.chain(inner, project(100.0 if method == "project_l1" else 20.0))
-    return tx, set(), f"chain(adam, {method})", None
-  raise ValueError(
-      f"unknown method {method!r}; expected magnitude, flipout, l0, project_l1 "
-      "or project_l21")
-
-
-def _final_sparsity(params, opt_state) -> float:
-  try:
-    masks = jaxprune.masks_of(opt_state)
-  except ValueError:  # L0 gates: the test-time masks
-    masks = jaxprune.hard_masks(params)
-  return float(jaxprune.sparsity(masks).global_sparsity)
-
-
-def measure(steps: int, batch: int, block: int = 25, warmup: int = 20,
-            seed: int = 0, model_name: str = "lenet300100",
-            method: str = "magnitude") -> dict:
-  """Times plain adam against a pruned adam on one model.
-
-  The two runs advance in rounds of ``block`` steps each, in a random order
-  per round; the ratio is the median over rounds of the pruned block's
-  median (steps without a mask update) over the plain block's median, so
-  that slow phases of a shared machine cancel.
+  Attributes:
+    kind: ``"step"`` (gives step, amortised and compile records),
+      ``"mask_update"`` or ``"memory"``.
+    model: a name of ``benchmarks.models``.
+    method: a key of ``benchmarks.methods.METHODS``.
+    batch: the batch size (unused by memory jobs).
+    steps: timed steps per run (step and mask_update jobs).
+    block: steps per alternating block.
+    warmup: warm-up steps, on throw-away copies.
   """
-  model = models.get_model(model_name)
-  x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
-  y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
-  init = model.init(jax.random.key(2), x)["params"]
-  plain_tx = optax.adam(1e-3)
-  pruned_tx, update_steps, description, forward = _pruned_optimizer(method, steps)
-  runs = {}
-  for name, tx in (("plain", plain_tx), ("pruned", pruned_tx)):
-    step = _train_step(model, tx, None if name == "plain" else forward)
-    params = jax.tree.map(jnp.copy, init)
-    if name == "pruned" and forward is not None:
-      params = jaxprune.add_gates(params, jax.random.key(4), granularity="unit")
-    opt_state = tx.init(params)
-    # Warm up on throw-away copies, so the timed run starts at step 0.
-    warm = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, opt_state))
-    _timed_steps(step, *warm, x, y, warmup)
-    runs[name] = dict(step=step, params=params, opt_state=opt_state, times=[])
-  rng = np.random.default_rng(seed)
-  ratios, done = [], 0
-  while done < steps:
-    count = min(block, steps - done)
-    for name in rng.permutation(["plain", "pruned"]):
-      run = runs[name]
-      run["params"], run["opt_state"], times = _timed_steps(
-          run["step"], run["params"], run["opt_state"], x, y, count
-      )
-      run["times"] += times
-    plain_block = runs["plain"]["times"][done:]
-    pruned_block = [
-        t for i, t in enumerate(runs["pruned"]["times"][done:], done)
-        if i not in update_steps
-    ]
-    ratios.append(np.median(pruned_block) / np.median(plain_block))
-    done += count
-  plain = np.asarray(runs["plain"]["times"])
-  pruned = np.asarray(runs["pruned"]["times"])
-  is_update = np.isin(np.arange(steps), sorted(update_steps))
-  final_sparsity = _final_sparsity(runs["pruned"]["params"], runs["pruned"]["opt_state"])
+
+  kind: str
+  model: str
+  method: str
+  batch: int = 0
+  steps: int = 0
+  block: int = 0
+  warmup: int = 0
+
+
+QUICK_METHODS = ("magnitude", "flipout", "l0", "project_l21")
+ALL_METHODS = tuple(methods.METHODS)
+
+
+def _step_jobs(models: Iterable[str], method_names: Iterable[str], batch: int,
+               steps: int, block: int, warmup: int) -> list[Job]:
+  return [Job("step", model, method, batch, steps, block, warmup)
+          for model in models for method in method_names]
+
+
+def _mask_update_jobs(models: Iterable[str], steps: int = 10, block: int = 5,
+                      warmup: int = 2) -> list[Job]:
+  return [Job("mask_update", model, "magnitude", 32, steps, block, warmup)
+          for model in models]
+
+
+def _memory_jobs(models: Iterable[str], method_names: Iterable[str]) -> list[Job]:
+  return [Job("memory", model, method) for model in models
+          for method in method_names]
+
+
+def quick_plan() -> list[Job]:
+  """Under two minutes on a 2-core CPU, compilation included.
+
+  Compiling takes most of it (a pruned step 3-10 s on that CPU, FlipOut's
+  the longest), so the conv net and the transformer run fewer methods.
+  """
+  return [
+      *_step_jobs(["lenet300100"], QUICK_METHODS, 128, 100, 10, 3),
+      *_step_jobs(["lenet5"], ("magnitude",), 16, 100, 10, 3),
+      *_step_jobs(["transformer_small"], ("magnitude", "l0"), 16, 100, 10, 3),
+      *_mask_update_jobs(["mlp1m", "mlp4m"], steps=6, block=3, warmup=1),
+      *_memory_jobs(["lenet300100"], ALL_METHODS),
+  ]
+
+
+def full_plan() -> list[Job]:
+  """Every model and method; about 30 minutes on a loaded 2-core CPU.
+
+  The slow exact l1 projection (a sort of every kernel at every step)
+  runs on the LeNets only, the larger models on fewer steps and methods.
+  """
+  without_l1 = tuple(m for m in ALL_METHODS if m != "project_l1")
+  scaled = ("magnitude", "flipout", "l0")
+  return [
+      *_step_jobs(["lenet300100"], ALL_METHODS, 128, 1000, 25, 20),
+      *_step_jobs(["lenet5"], ALL_METHODS, 32, 300, 25, 10),
+      *_step_jobs(["resnet20"], QUICK_METHODS, 32, 100, 10, 3),
+      *_step_jobs(["transformer"], QUICK_METHODS, 16, 100, 10, 3),
+      *_step_jobs(["mlp1m"], without_l1, 32, 1000, 25, 20),
+      *_mask_update_jobs(["mlp1m"]),
+      *_step_jobs(["mlp4m"], scaled, 32, 500, 25, 10),
+      *_mask_update_jobs(["mlp4m"]),
+      *_step_jobs(["mlp26m"], scaled, 32, 100, 10, 2),
+      *_mask_update_jobs(["mlp26m"]),
+      *_step_jobs(["mlp100m"], ("magnitude",), 32, 100, 10, 2),
+      *_mask_update_jobs(["mlp100m"], steps=6, block=3, warmup=1),
+      *_memory_jobs(["lenet300100", "lenet5", "resnet20", "transformer",
+                     "mlp4m"], ALL_METHODS),
+  ]
+
+
+def select(jobs: Sequence[Job], only: Sequence[str] = (),
+           kinds: Sequence[str] = ()) -> list[Job]:
+  """The jobs matching one of ``only`` (``MODEL`` or ``MODEL:METHOD``) and
+  one of ``kinds``; an empty filter keeps everything."""
+
+  def wanted(job: Job) -> bool:
+    model_method = (job.model, f"{job.model}:{job.method}")
+    return ((not only or any(o in model_method for o in only))
+            and (not kinds or job.kind in kinds))
+
+  return [job for job in jobs if wanted(job)]
+
+
+def environment() -> dict:
+  """The device, the JAX versions and the host the numbers come from."""
   return {
-      "model": model_name,
-      "method": description,
-      "batch": batch,
-      "steps": steps,
-      "plain_median_s": float(np.median(plain)),
-      "pruned_median_s": float(np.median(pruned[~is_update])),
-      "ratio": float(np.median(ratios)),
-      "ratio_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
-      "pruned_update_median_s": (float(np.median(pruned[is_update]))
-                                 if is_update.any() else None),
-      "amortised_ratio": float(pruned.sum() / plain.sum()),
-      "final_sparsity": final_sparsity,
+      "devices": [str(d) for d in jax.devices()],
+      "backend": jax.default_backend(),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "host": platform.node(),
+      "processor": platform.processor() or platform.machine(),
+      "machine": platform.machine(),
+      "python": platform.python_version(),
+      "cpu_count": os.cpu_count(),
   }
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=1000)
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--model", default="lenet300100",
-                      help="a model of experiments.models without batch norm")
-  parser.add_argument("--method", default="magnitude", help="magnitude, flipout, l0, project_l1 or project_l21")
-  parser.add_argument("--out", help="write the record as JSON to this file")
-  args = parser.parse_args()
-  print(f"jax {jax.__version__}, devices {jax.devices()}, host {platform.node()}, "
-        f"{platform.processor() or platform.machine()}")
-  record = measure(args.steps, args.batch, model_name=args.model,
-                   method=args.method)
-  print(
-      f"{record['model']} batch {record['batch']}, {record['steps']} steps, "
-      f"{record['method']}: plain adam {record['plain_median_s'] * 1e3:.3f} ms, "
-      f"pruned (no mask update) {record['pruned_median_s'] * 1e3:.3f} ms, ratio "
-      f"{record['ratio']:.3f} (quartiles {record['ratio_quartiles'][0]:.3f}-"
-      f"{record['ratio_quartiles'][1]:.3f}); mask-update step "
-      f"{(record['pruned_update_median_s'] or 0) * 1e3:.3f} ms; amortised ratio "
-      f"{record['amortised_ratio']:.3f}; final sparsity "
-      f"{record['final_sparsity']:.3f}"
+class Suite:
+  """Runs jobs in order, reusing one model's :class:`measure.Bench`."""
+
+  def __init__(self):
+    self._bench: measure.Bench | None = None
+
+  def _bench_for(self, job: Job) -> measure.Bench:
+    current = self._bench
+    if current is None or (current.model.name, current.batch_size) != (
+        job.model, job.batch):
+      self._bench = None  # let the previous model's arrays go first
+      self._bench = measure.prepare(job.model, job.batch)
+    return self._bench
+
+  def run(self, job: Job) -> list[dict]:
+    """The records of ``job``, judged against their targets."""
+    if job.kind == "memory":
+      records = measure.measure_memory(job.model, job.method)
+    elif job.kind == "mask_update":
+      records = measure.measure_mask_update(
+          self._bench_for(job), job.steps, job.block, job.warmup)
+    elif job.kind == "step":
+      records = measure.measure_step(
+          self._bench_for(job), job.method, job.steps, job.block, job.warmup)
+    else:
+      raise ValueError(f"unknown job kind {job.kind!r}")
+    return [report.judge(r) for r in records]
+
+
+def _progress_line(record: dict) -> str:
+  if record["kind"] == "memory":
+    measured = (f"added {record['added_bytes']:,} B = "
+                f"{record['added_bytes_per_prunable_param']:.4f} B/prunable param")
+  else:
+    measured = (f"plain {record['plain_median_s'] * 1e3:9.3f} ms  pruned "
+                f"{record['pruned_median_s'] * 1e3:9.3f} ms")
+  verdict = "" if record["passed"] is None else (
+      f"  [{record['target']}: {'pass' if record['passed'] else 'MISS'}]")
+  return (f"{record['kind']:<11} {record['model']:<17} {record['method']:<14} "
+          f"{measured}  ratio {record['ratio']:.3f}{verdict}")
+
+
+def _outputs(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
+  stem = pathlib.Path(args.out).with_suffix("") if args.out else None
+  markdown = args.markdown or (f"{stem}.md" if stem else None)
+  plot = args.plot or (f"{stem}.png" if stem else None)
+  return args.out, markdown, plot
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump([record], f, indent=2)
+  parser.add_argument("--quick", action="store_true",
+                      help="the small plan (under 2 minutes on a 2-core CPU)")
+  parser.add_argument("--only", action="append", default=[],
+                      metavar="MODEL[:METHOD]",
+                      help="keep only these jobs; repeatable")
+  parser.add_argument("--kind", action="append", default=[],
+                      choices=("step", "mask_update", "memory"),
+                      help="keep only jobs of this kind; repeatable")
+  parser.add_argument("--steps", type=int,
+                      help="timed steps per run of every step job")
+  parser.add_argument("--list", action="store_true",
+                      help="print the selected jobs and exit")
+  parser.add_argument("--out", help="write the JSON report here")
+  parser.add_argument("--markdown", help="markdown table (default: --out as .md)")
+  parser.add_argument("--plot", help="PNG plot (default: --out as .png)")
+  return parser
+
+
+def _selected_jobs(args: argparse.Namespace) -> list[Job]:
+  jobs = select(quick_plan() if args.quick else full_plan(), args.only, args.kind)
+  if args.steps:
+    jobs = [job._replace(steps=args.steps) if job.kind == "step" else job
+            for job in jobs]
+  if not jobs:
+    raise SystemExit("no job matches the filters")
+  return jobs
+
+
+def run_jobs(jobs: Sequence[Job], env: dict, suite_info: dict,
+             json_path: str | None = None) -> list[dict]:
+  """Runs ``jobs``, printing each record; a failing job is reported in
+  ``suite_info["errors"]`` and skipped. The JSON is rewritten after every
+  job, so that a crash keeps what was measured."""
+  records, suite, start = [], Suite(), time.perf_counter()
+  for job in jobs:
+    job_start = time.perf_counter()
+    try:
+      new = suite.run(job)
+    except Exception:  # pylint: disable=broad-except
+      # One broken job should not cost the rest of a 30-minute run.
+      traceback.print_exc()
+      suite_info["errors"].append(f"{job}: {traceback.format_exc(limit=1)}")
+      continue
+    for record in new:
+      print(_progress_line(record), flush=True)
+    print(f"  ({job.kind} {job.model}:{job.method}: "
+          f"{time.perf_counter() - job_start:.1f} s)", flush=True)
+    records += new
+    suite_info["wall_s"] = time.perf_counter() - start
+    if json_path:
+      report.write_json(json_path, env, records, suite_info)
+  return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  jobs = _selected_jobs(args)
+  if args.list:
+    print("\n".join(str(job) for job in jobs))
+    return 0
+  env = environment()
+  print("\n".join(f"{key}: {value}" for key, value in env.items()))
+  json_path, markdown_path, plot_path = _outputs(args)
+  for path in filter(None, (json_path, markdown_path, plot_path)):
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  suite_info = {"mode": "quick" if args.quick else "full",
+                "argv": sys.argv[1:] if argv is None else list(argv),
+                "wall_s": 0.0, "errors": []}
+  records = run_jobs(jobs, env, suite_info, json_path)
+  print(f"\n{len(records)} records in {suite_info['wall_s']:.1f} s\n")
+  print(report.markdown(env, records))
+  if markdown_path:
+    report.write_markdown(markdown_path, env, records)
+  if plot_path and records:
+    report.write_plot(plot_path, records)
+  return 1 if suite_info["errors"] else 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

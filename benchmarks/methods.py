@@ -1,0 +1,131 @@
+"""The pruned optimizers the benchmarks compare with plain ``optax.adam(1e-3)``.
+
+``METHODS`` is the one table of them: a name maps to a function of the run's
+length in steps that builds a :class:`Pruned`. Every method wraps or chains
+the same ``optax.adam(1e-3)`` the plain run uses.
+
+Example:
+  >>> from benchmarks import methods
+  >>> pruned = methods.make("magnitude", steps=300)
+  >>> sorted(pruned.update_steps)
+  [0, 100, 200]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import optax
+
+import jaxprune
+
+LEARNING_RATE = 1e-3
+UPDATE_EVERY = 100  # steps between mask updates of the scheduled methods
+
+
+class Pruned(NamedTuple):
+  """A pruned adam and what a benchmark must know to run it.
+
+  Attributes:
+    tx: the optimizer.
+    update_steps: the steps (counted from 0) whose update recomputes masks.
+    description: what ``tx`` is, for the reports.
+    gated: whether the trained params carry L0 gates (``add_gates``) that
+      the forward pass applies (``apply_gates``).
+  """
+
+  tx: optax.GradientTransformation
+  update_steps: frozenset[int]
+  description: str
+  gated: bool = False
+
+
+def plain_adam() -> optax.GradientTransformation:
+  """The baseline every method is timed against."""
+  return optax.adam(LEARNING_RATE)
+
+
+def _every_hundred_steps(steps: int) -> jaxprune.schedules.Schedule:
+  """Polynomial sparsity 0.5 -> 0.9, updated at 0, 100, ... over ``steps``.
+
+  Starting from a non-zero sparsity keeps the update at step 0, so a run of
+  ``n * 100`` steps holds exactly ``n`` mask updates.
+  """
+  last = max(UPDATE_EVERY, UPDATE_EVERY * ((steps - 1) // UPDATE_EVERY))
+  return jaxprune.schedules.polynomial(
+      final_sparsity=0.9, initial_sparsity=0.5, begin_step=0, end_step=last,
+      frequency=UPDATE_EVERY,
+  )
+
+
+def _scheduled(criterion, label: str) -> Callable[[int], Pruned]:
+  def make_scheduled(steps: int) -> Pruned:
+    schedule = _every_hundred_steps(steps)
+    tx = jaxprune.prune(plain_adam(), criterion=criterion, schedule=schedule)
+    return Pruned(
+        tx, frozenset(schedule.steps),
+        f"prune(adam, {label}, polynomial 0.5->0.9, mask update every "
+        f"{UPDATE_EVERY} steps)",
+    )
+
+  return make_scheduled
+
+
+def _flipout(noise: float) -> Callable[[int], Pruned]:
+  def make_flipout(steps: int) -> Pruned:
+    tx = jaxprune.flipout(plain_adam(), prune_every=UPDATE_EVERY, rate=0.5,
+                          noise=noise, final_sparsity=0.9)
+    return Pruned(
+        tx, frozenset(range(UPDATE_EVERY, steps, UPDATE_EVERY)),
+        f"flipout(adam, prune_every={UPDATE_EVERY}, rate 0.5, noise {noise:g})",
+    )
+
+  return make_flipout
+
+
+def _l0_dual_ascent(steps: int) -> Pruned:
+  del steps  # No schedule: the gates learn the masks.
+  tx = optax.chain(
+      jaxprune.dual_ascent(jaxprune.density_constraint(0.5), dual_lr=1e-2),
+      plain_adam(),
+      jaxprune.clip_log_alpha(),
+  )
+  return Pruned(
+      tx, frozenset(),
+      "L0 unit gates: chain(dual_ascent(density <= 0.5), adam, clip_log_alpha)",
+      gated=True,
+  )
+
+
+def _projection(name: str, radius: float) -> Callable[[int], Pruned]:
+  def make_projection(steps: int) -> Pruned:
+    del steps  # Projects at every step.
+    project = getattr(jaxprune, name)
+    return Pruned(optax.chain(plain_adam(), project(radius)), frozenset(),
+                  f"chain(adam, {name}({radius:g}))")
+
+  return make_projection
+
+
+METHODS: dict[str, Callable[[int], Pruned]] = {
+    "magnitude": _scheduled(jaxprune.criteria.magnitude, "magnitude |w|"),
+    "saliency": _scheduled(jaxprune.criteria.saliency,
+                           "saliency |g*w| (SNIP-it during training)"),
+    "flipout": _flipout(noise=1.0),
+    "flipout_noise0": _flipout(noise=0.0),
+    "l0": _l0_dual_ascent,
+    "project_l1": _projection("project_l1", 100.0),
+    "project_l21": _projection("project_l21", 20.0),
+}
+
+
+def make(method: str, steps: int) -> Pruned:
+  """The pruned adam called ``method``, for a run of ``steps`` steps.
+
+  Raises:
+    ValueError: if ``method`` is not a key of ``METHODS``.
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+  return METHODS[method](steps)
