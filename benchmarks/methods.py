@@ -72,6 +72,21 @@ def _scheduled(criterion, label: str) -> Callable[[int], Pruned]:
   return make_scheduled
 
 
+def _snip_it_during_training(steps: int) -> Pruned:
+  """SNIP-it's geometric rounds to 0.9 (0.5, 0.7, 0.8, ...), one every 100
+  steps, ranked by |g * w| on the step's batch."""
+  del steps
+  schedule = jaxprune.schedules.geometric(0.9, begin_step=0,
+                                          frequency=UPDATE_EVERY)
+  tx = jaxprune.prune(plain_adam(), criterion=jaxprune.criteria.saliency,
+                      schedule=schedule)
+  return Pruned(
+      tx, frozenset(schedule.steps),
+      f"prune(adam, saliency |g*w|, geometric rounds to 0.9 every "
+      f"{UPDATE_EVERY} steps): SNIP-it during training",
+  )
+
+
 def _flipout(noise: float) -> Callable[[int], Pruned]:
   def make_flipout(steps: int) -> Pruned:
     tx = jaxprune.flipout(plain_adam(), prune_every=UPDATE_EVERY, rate=0.5,
@@ -110,8 +125,8 @@ def _projection(name: str, radius: float) -> Callable[[int], Pruned]:
 
 METHODS: dict[str, Callable[[int], Pruned]] = {
     "magnitude": _scheduled(jaxprune.criteria.magnitude, "magnitude |w|"),
-    "saliency": _scheduled(jaxprune.criteria.saliency,
-                           "saliency |g*w| (SNIP-it during training)"),
+    "saliency": _scheduled(jaxprune.criteria.saliency, "saliency |g*w|"),
+    "snip_it": _snip_it_during_training,
     "flipout": _flipout(noise=1.0),
     "flipout_noise0": _flipout(noise=0.0),
     "l0": _l0_dual_ascent,

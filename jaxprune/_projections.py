@@ -21,10 +21,18 @@ The projections are also public as pure functions:
   zeroes whole groups too; it lands in the l1 ball but is *not* the
   Euclidean projection (see its docstring).
 
-All three are exact and sort-based, with static shapes (jit-friendly): for a
-leaf of n weights in G groups of m, O(n log n) for l1, O(n + G log G) for
-l2,1 and O(n log m + G log G) for l1,1.  (The l1 projection also has
-expected-O(n) algorithms, Condat 2016, with data-dependent loops.)
+All three are exact, with static shapes (jit-friendly), and sort-free:
+the bits of a non-negative float, read as an integer, keep its order, so
+the soft threshold is found by a search over those bits, then refined by
+one exact pass.  A long vector (an l1 leaf of at least 8192 weights, or
+as many group norms) is searched by a radix search, two or three passes
+of scatter-add histograms over it; shorter ones, and the G thresholds
+inside the groups of the l1,1 operator, all at once, by a bisection over
+the 31 bits of the float32 keys, 31 compare-and-sum passes.  For a leaf
+of n weights in G groups: O(n) for l1, O(n + G) for l2,1 and l1,1.  (A
+sort costs O(n log n), and XLA's sort is slow on CPU: with it, an Adam
+step projected onto the l1 ball took 27 times a plain step on
+LeNet-300-100.)
 
 Example:
   >>> import jax, jax.numpy as jnp, optax
@@ -147,38 +155,270 @@ def _check_axis_type(axis: Any) -> None:
     raise ValueError("axis must name at least one axis, got ()")
 
 
+# The thresholds are found without sorting, by one of two searches over
+# the keys of the magnitudes (see _rows_threshold).  Measured with XLA on
+# a loaded 2-core CPU (to about 30%), the radix search wins on one row of
+# about 8000 magnitudes or more: 0.9 ms against 2.7 ms for 784 x 300,
+# 16 ms against 140 ms for 4M; the bisection on shorter rows and on many
+# rows: 3.3 ms against 17 ms for 784 rows of 300, 3.5 ms against 7 ms for
+# 59 rows of 4000 (and either is within 1.5x of the other for 4M
+# magnitudes in rows of 1000 to 4000).  The bisection also compiles
+# faster (0.1 s against 0.8 s).
+_RADIX_MIN_ROW = 8192
+# The radix search reads the keys in digits of at most 16 bits in rows of
+# at least _LONG_ROW magnitudes, where each pass over them costs more than
+# the 65536 bins of a histogram, else in digits of at most 11 bits.
+_LONG_ROW = 1 << 17
+# Histograms of more bins than this are searched in two steps, groups of
+# bins then the bins of one group: a cumulative sum over 65536 bins costs
+# more on CPU than a pass over a 784 x 300 kernel.
+_SCAN_BINS_BITS = 11
+
+
+def _digit_widths(key_bits: int, n: int) -> tuple[int, ...]:
+  """The digits, from the top, of a radix search over rows of ``n`` keys.
+
+  >>> _digit_widths(31, 10**6), _digit_widths(31, 1000)
+  ((15, 16), (10, 10, 11))
+  """
+  most = 16 if n >= _LONG_ROW else 11
+  passes = -(-key_bits // most)
+  return tuple(key_bits // passes + (i >= passes - key_bits % passes)
+               for i in range(passes))
+
+
+class _Search(NamedTuple):
+  """Where a search for the support stands, per row.
+
+  Attributes:
+    base: every key ``>= base`` is in the support.
+    total: the sum of the magnitudes above the bin being searched (the
+      radix search) or of the support (the bisection, and the result of
+      either search).
+    count: their number, as ``total``.
+  """
+
+  base: jax.Array
+  total: jax.Array
+  count: jax.Array
+
+
+def _below(keys: jax.Array, dtype) -> jax.Array:
+  """The float just below every non-negative key (0 below the key 0)."""
+  return jax.lax.bitcast_convert_type(jnp.maximum(keys - 1, 0), dtype)
+
+
+def _take(x: jax.Array, i: jax.Array) -> jax.Array:
+  """``x[r, i[r]]`` for every row ``r`` (and every trailing index)."""
+  i = i.reshape(i.shape + (1,) * (x.ndim - 1))
+  return jnp.take_along_axis(x, i, axis=1)[:, 0]
+
+
+def _last_positive_bin(
+    search: _Search, hist: jax.Array, shift: int, radius: jax.Array
+) -> tuple[_Search, jax.Array]:
+  """Narrows ``search`` to the last bin of each row where ``f`` is positive.
+
+  Bin ``d`` of row ``r`` of ``hist``, ``[rows, bins, 2]`` sums and counts,
+  holds the keys ``base[r] + [d, d + 1) << shift``.  ``f`` just below the
+  bin's lowest key is the sum over the bins from it (and the keys above
+  them), less their count times that float, less the radius.  Returns the
+  search narrowed, in every row, to the last bin where ``f`` is positive
+  (bin 0 if none is), and those bins.
+  """
+  rows, bins, _ = hist.shape
+  width = bins.bit_length() - 1
+  if width > _SCAN_BINS_BITS:  # groups of bins first, then bins
+    low_width = width // 2
+    size = 1 << low_width
+    grouped = jnp.sum(hist.reshape(rows, -1, size, 2), axis=2)
+    search, group = _last_positive_bin(
+        search, grouped, shift + low_width, radius)
+    index = group[:, None] * size + jnp.arange(size)[None, :]
+    search, d = _last_positive_bin(
+        search, jnp.take_along_axis(hist, index[:, :, None], axis=1), shift,
+        radius)
+    return search, group * size + d
+  key_dtype = search.base.dtype
+  above = jax.lax.cumsum(hist, axis=1, reverse=True)
+  above = jnp.concatenate([above, jnp.zeros_like(above[:, :1])], axis=1)
+  total = above[:, :, 0] + search.total[:, None]
+  count = above[:, :, 1] + search.count[:, None]
+  offsets = jnp.arange(bins, dtype=key_dtype)[None, :] << shift
+  below = _below(search.base[:, None] + offsets, hist.dtype)
+  f = total[:, :-1] - count[:, :-1] * below - radius[:, None]
+  d = jnp.max(jnp.where(f > 0, jnp.arange(bins)[None, :], 0), axis=1)
+  search = _Search(
+      search.base + (d.astype(key_dtype) << shift),
+      _take(total, d + 1),
+      _take(count, d + 1),
+  )
+  return search, d
+
+
+def _histograms(
+    values: jax.Array | None,
+    digits: jax.Array,
+    keep: jax.Array | None,
+    num_bins: int,
+    dtype,
+) -> jax.Array:
+  """Per row, sums of ``values`` (counts if None) by digit where ``keep``.
+
+  Returns ``[rows, num_bins]``; ``keep=None`` keeps everything.
+  """
+  rows = digits.shape[0]
+  flat = digits + num_bins * jnp.arange(rows)[:, None]
+  if keep is not None:  # out of bounds, skipped by the scatter
+    flat = jnp.where(keep, flat, rows * num_bins)
+  updates = jnp.ones((), dtype) if values is None else values
+  out = jnp.zeros((rows * num_bins,), dtype).at[flat].add(updates, mode="drop")
+  return out.reshape(rows, num_bins)
+
+
+def _radix_search(
+    a: jax.Array, keys: jax.Array, radius: jax.Array, count_dtype
+) -> _Search:
+  """The support's lowest key, sum and count, a digit of the keys at a time.
+
+  For each digit from the top, one pass: scatter-add histograms, over the
+  keys that share the digits found so far, of their counts and of their
+  excess over their bin's lowest value (exact; the bins of the last digit
+  hold one value each) give ``f`` just below every bin, from the sums over
+  the bins above it, and so the last bin where ``f`` is positive.  The
+  counts are exact per bin (in ``count_dtype``), then searched in the
+  float dtype of ``a``, like the sums.
+  """
+  rows, n = a.shape
+  key_dtype = keys.dtype
+  search = _Search(
+      jnp.zeros((rows,), key_dtype),
+      jnp.zeros((rows,), a.dtype),
+      jnp.zeros((rows,), a.dtype),
+  )
+  key_bits = jnp.finfo(a.dtype).bits - 1  # a magnitude's sign bit is 0
+  shift = key_bits
+  for level, width in enumerate(_digit_widths(key_bits, n)):
+    shift -= width
+    num_bins = 1 << width
+    digits = (keys >> shift) & (num_bins - 1)
+    in_bin = None
+    if level:  # only the keys in the row's current bin
+      in_bin = keys >> (shift + width) == search.base[:, None] >> (
+          shift + width)
+    counts = _histograms(None, digits, in_bin, num_bins, count_dtype).astype(
+        a.dtype)
+    offsets = jnp.arange(num_bins, dtype=key_dtype)[None, :] << shift
+    lows = jax.lax.bitcast_convert_type(
+        search.base[:, None] + offsets, a.dtype)
+    # Empty bins may start at inf or NaN: skip them.
+    sums = jnp.where(counts > 0, counts * lows, 0)
+    if shift:  # plus the excess over the bin's lowest value
+      low = jax.lax.bitcast_convert_type(keys >> shift << shift, a.dtype)
+      excess = jnp.where(a == low, jnp.zeros_like(a), a - low)  # inf - inf
+      sums += _histograms(excess, digits, in_bin, num_bins, a.dtype)
+    hist = jnp.stack([sums, counts], axis=-1)
+    search, d = _last_positive_bin(search, hist, shift, radius)
+  in_d = _take(hist, d)
+  return _Search(
+      search.base, search.total + in_d[:, 0], search.count + in_d[:, 1])
+
+
+def _bisection(
+    a: jax.Array, keys: jax.Array, radius: jax.Array, count_dtype
+) -> _Search:
+  """The support's lowest key, sum and count, a bit of the keys at a time.
+
+  Each step sets the next bit of the key if ``f`` is still positive just
+  below the key with that bit set: one fused compare-and-sum pass.
+  """
+  key_dtype = keys.dtype
+  key_bits = jnp.finfo(a.dtype).bits - 1
+
+  def step(i, search):
+    bit = jnp.left_shift(
+        jnp.ones((), key_dtype), jnp.asarray(key_bits - 1 - i, key_dtype))
+    candidate = search.base | bit
+    above = keys >= candidate[:, None]
+    total = jnp.sum(jnp.where(above, a, jnp.zeros_like(a)), axis=1)
+    count = jnp.sum(above, axis=1, dtype=count_dtype)
+    below = _below(candidate, a.dtype)
+    positive = (count > 0) & (
+        total - count.astype(a.dtype) * below - radius > 0)
+    return jax.tree.map(
+        lambda new, old: jnp.where(positive, new, old),
+        _Search(candidate, total, count), search)
+
+  rows, n = a.shape
+  everything = _Search(
+      jnp.zeros((rows,), key_dtype),
+      jnp.sum(a, axis=1),
+      jnp.full((rows,), n, count_dtype),
+  )
+  return jax.lax.fori_loop(0, key_bits, step, everything)
+
+
 def _rows_threshold(a: jax.Array, radius: jax.Array) -> jax.Array:
   """The soft threshold that puts every row of ``a`` in its own l1 ball.
 
   Args:
-    a: ``[rows, n]`` non-negative magnitudes, ``n >= 1``.
+    a: ``[rows, n]`` non-negative magnitudes, ``n >= 1``, float32 or
+      float64.
     radius: ``[rows]`` radii (NaN where a radius is negative).
 
   Returns:
     ``[rows]`` thresholds ``tau >= 0`` with
     ``sum(max(a - tau, 0)) == radius`` for every row whose l1 norm exceeds
-    its radius, and ``tau == 0`` for the others.
+    its radius, and ``tau == 0`` for the others (NaN for a row with a NaN,
+    or a NaN or negative radius).
 
-  With the magnitudes sorted in decreasing order ``s`` and ``c_k`` their
-  running sums, ``tau = max(0, max_k (c_k - r) / k)`` (Condat 2016), then
-  recomputed once over the support it selects, ``(sum_{a > tau} a - r) /
-  #{a > tau}``, with a plain sum, which is more accurate than the running
-  sum for long rows.
+  Sort-free, O(n) per row.  ``f(t) = sum(max(a - t, 0)) - radius``
+  decreases in ``t``, linearly between consecutive magnitudes.  The bits
+  of a non-negative float read as an integer (its key) keep its order, so
+  a search over the keys finds the largest key ``k`` such that ``f`` is
+  positive just below ``k``: the support ``A`` is the magnitudes whose
+  keys are ``>= k``.  For one row of at least ``_RADIX_MIN_ROW``
+  magnitudes (a large l1 leaf, or as many group norms) the search is a
+  radix search, 11 or 16 bits of the keys a pass (``_radix_search``): 2
+  or 3 passes for float32; otherwise (short rows, and the groups of the
+  l1,1 projection, all at once), a bisection, a bit a pass
+  (``_bisection``): 31 passes for float32.
   """
-  n = a.shape[-1]
-  s = jnp.flip(jnp.sort(a, axis=-1), axis=-1)
-  running = jnp.cumsum(s, axis=-1)
-  k = jnp.arange(1, n + 1, dtype=a.dtype)
-  r = radius[:, None]
-  tau = jnp.maximum(jnp.max((running - r) / k[None, :], axis=-1), 0)
-  support = a > tau[:, None]
-  count = jnp.sum(support, axis=-1, dtype=jnp.int32)
-  total = jnp.sum(jnp.where(support, a, jnp.zeros_like(a)), axis=-1)
-  refined = jnp.maximum(
-      (total - radius) / jnp.maximum(count, 1).astype(a.dtype), 0
-  )
-  tau = jnp.where((tau > 0) & (count > 0), refined, tau)
-  return jnp.where(radius < 0, jnp.asarray(jnp.nan, a.dtype), tau)
+  rows, n = a.shape
+  long_row = rows == 1 and n >= _RADIX_MIN_ROW
+  return _refined_threshold(
+      _radix_search if long_row else _bisection, a, radius)
+
+
+def _refined_threshold(
+    search: Callable[..., _Search], a: jax.Array, radius: jax.Array
+) -> jax.Array:
+  """:func:`_rows_threshold` with the support found by ``search``.
+
+  The threshold of the support, ``(sum_A a - r) / |A|``, is recomputed
+  once over the support it selects, ``(sum_{a > tau} a - r) / #{a >
+  tau}``, with plain sums: as accurate as the sorted running sums (Condat
+  2016) that the searches replace.
+  """
+  n = a.shape[1]
+  bits = jnp.finfo(a.dtype).bits
+  keys = jax.lax.bitcast_convert_type(
+      a, jnp.int32 if bits == 32 else jnp.int64)
+  # Counts in floats are exact up to 2**24 (float32) and faster on CPU.
+  exact = n <= 2 ** (jnp.finfo(a.dtype).nmant + 1)
+  count_dtype = a.dtype if exact else jnp.int32
+  support = search(a, keys, radius, count_dtype)
+  first = (support.total - radius) / jnp.maximum(
+      support.count.astype(a.dtype), 1)
+  above = a > first[:, None]
+  total = jnp.sum(jnp.where(above, a, jnp.zeros_like(a)), axis=1)
+  count = jnp.sum(above, axis=1, dtype=count_dtype)
+  refined = (total - radius) / jnp.maximum(count, 1).astype(a.dtype)
+  tau = jnp.maximum(jnp.where(count > 0, refined, first), 0)
+  outside = jnp.sum(a, axis=1) - radius
+  tau = jnp.where(outside > 0, tau, jnp.zeros_like(tau))
+  invalid = jnp.isnan(outside) | (radius < 0)
+  return jnp.where(invalid, jnp.asarray(jnp.nan, a.dtype), tau)
 
 
 def _radius_array(radius: jax.typing.ArrayLike, dtype) -> jax.Array:
@@ -248,10 +488,15 @@ def l1_ball_projection(
   (``tau = 0`` if ``x`` is already inside: ``x`` comes back unchanged).
   ``radius = 0`` gives zeros.
 
-  Exact, by sorting the magnitudes (Duchi et al. 2008; the sort variant of
-  Condat 2016): O(n log n) for ``n = x.size``, with static shapes, so it
-  works under ``jit`` and ``vmap``.  Half-precision inputs are
-  computed in float32; the result has the dtype of ``x``.
+  Exact and sort-free: a search over the bits of the magnitudes finds
+  the threshold's support, and one more pass its value.  The search is
+  a radix search for float32 inputs of at least 8192 entries (two passes
+  of 16 bits from 2**17 entries, three of at most 11 bits below), a
+  bisection over the 31 bits for smaller ones.  O(n) for ``n = x.size``,
+  with static shapes, so it works under ``jit`` and ``vmap``.  A NaN
+  entry makes the whole result NaN; an infinite one, the threshold (the
+  result is 0, and NaN at the infinite entries).  Half-precision inputs
+  are computed in float32; the result has the dtype of ``x``.
 
   Args:
     x: a real floating-point array.
@@ -294,8 +539,9 @@ def l21_ball_projection(
   the radius, then rescales every group to its new norm: groups whose norm
   is at most the threshold vanish, the others shrink towards zero by it.
   This is exact (the l2,1 norm is the l1 norm of the group norms, and a
-  group's direction is kept).  Cost: O(n) for the norms and
-  O(G log G) to sort the ``G`` group norms.
+  group's direction is kept).  Cost: O(n) for the norms and O(G) for
+  the threshold of the ``G`` group norms, found as in
+  :func:`l1_ball_projection`, without sorting.
 
   Args:
     x: a real floating-point array.
@@ -349,8 +595,11 @@ def l11_ball_projection(
   is a structured alternative that lands in the same ball with whole
   groups removed and a larger distance to ``x``.
 
-  Cost: O(n log m) to sort the ``m`` entries of each group, plus
-  O(G log G) for the ``G`` group norms.
+  Cost, without sorting: O(n) for the ``G`` group norms and their
+  threshold, found as in :func:`l1_ball_projection`, then a bisection
+  over the bits of the magnitudes for the thresholds of all the groups at
+  once: 31 compare-and-sum passes over the ``n`` entries for float32 (63
+  for float64).
 
   Args:
     x: a real floating-point array.
@@ -473,7 +722,7 @@ def project_l1(
   """Projected gradient onto an l1 ball per leaf: unstructured sparsity.
 
   Each selected leaf ``w`` is kept in ``{w : sum |w_i| <= radius}`` by
-  :func:`l1_ball_projection`, O(n log n) per leaf of n weights.
+  :func:`l1_ball_projection`, O(n) per leaf of n weights, without sorting.
 
   Use it last in a chain, ``optax.chain(inner, ...)``: it turns the inner
   updates ``u`` into ``P(p + u) - p`` for every selected leaf ``p``, so the
@@ -540,8 +789,8 @@ def project_l21(
   Each selected leaf ``w`` is kept in ``{w : sum_g ||w_g||_2 <= radius}``
   by :func:`l21_ball_projection`, where a group is a slice along ``axis``:
   with the default ``axis=-1`` the rows of a dense kernel ``(in, out)``,
-  so whole input features vanish.  O(n) per leaf of n weights, plus
-  O(G log G) for its G groups.
+  so whole input features vanish.  O(n + G) per leaf of n weights in G
+  groups.
 
   It is used like :func:`project_l1`: last in a chain, one ball of radius
   ``radius`` per selected leaf, ``radius`` injectable; see there how
@@ -602,8 +851,8 @@ def project_l11(
   default the rows of a dense kernel ``(in, out)``: input features)
   removed first.  This is the authors' structured l1,1 constraint; it is
   not the Euclidean projection onto that ball, which is
-  :func:`project_l1` (see :func:`l11_ball_projection`).  O(n log m) per
-  leaf of n weights in groups of m.
+  :func:`project_l1` (see :func:`l11_ball_projection`).  O(n) per leaf of
+  n weights (31 passes over them, for float32).
 
   It is used like :func:`project_l1`: last in a chain, one ball of radius
   ``radius`` per selected leaf, ``radius`` injectable; see there how

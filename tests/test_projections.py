@@ -1,5 +1,7 @@
 """Projections onto l1, l2,1 and l1,1 balls against numpy; the transforms."""
 
+import itertools
+
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -10,6 +12,7 @@ import pytest
 
 import jaxprune
 import stepping
+from jaxprune import _projections
 
 _PROJECTIONS = {  # by name: (x, radius, axis) -> projection
     "l1": lambda x, r, axis=-1: jaxprune.l1_ball_projection(x, r),
@@ -268,6 +271,194 @@ def test_bad_axes(kind):
     fn(x, 1.0, axis=1.0)
   with pytest.raises(ValueError, match="out of range"):
     fn(jnp.float32(1.0), 1.0)  # a scalar has no axis
+
+
+# ------------------------------------------------- the sort-free thresholds
+
+
+def _sorted_threshold(a, r):
+  """The l1 threshold by sorting, in float64: ``max_k (c_k - r) / k``."""
+  a = np.sort(np.asarray(a, np.float64).ravel())[::-1]
+  if a.sum() <= r:
+    return 0.0
+  return float(np.max((np.cumsum(a) - r) / np.arange(1, a.size + 1)))
+
+
+def _threshold_scale(a, r, tau):
+  """The size of the float32 rounding of ``tau = (sum_A a - r) / |A|``."""
+  a = np.asarray(a, np.float64).ravel()
+  support = a > tau
+  return (a[support].sum() + r) / max(support.sum(), 1)
+
+
+def _magnitudes(kind, n, seed):
+  rng = np.random.default_rng(seed)
+  if kind == "normal":
+    a = rng.normal(size=n)
+  elif kind == "ties":  # a few values, each shared by many entries
+    a = rng.choice([0.0, 0.25, 0.5, 1.0, 3.0], size=n)
+  elif kind == "wide":  # sixty orders of magnitude
+    a = 10.0 ** rng.uniform(-30, 30, size=n)
+  else:  # sparse
+    a = rng.normal(size=n) * (rng.random(n) < 0.05)
+  return np.abs(a).astype(np.float32)
+
+
+_SEARCHES = {"radix": _projections._radix_search,
+             "bisection": _projections._bisection}
+_threshold_by = jax.jit(_projections._refined_threshold, static_argnums=0)
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+@pytest.mark.parametrize("n", [1, 7, 1000, 70_000, 300_000])
+@pytest.mark.parametrize("kind", ["normal", "ties", "wide", "sparse"])
+def test_thresholds_match_a_float64_sort(kind, n):
+  a = _magnitudes(kind, n, n)
+  norm = float(np.sum(a, dtype=np.float64))
+  for fraction in (0.0, 1e-7, 1e-3, 0.3, 0.99, 2.0):
+    r = np.float32(fraction * norm)
+    want = _sorted_threshold(a, float(r))
+    # Both searches, on one row and on three.
+    for search, rows in itertools.product(_SEARCHES.values(), (1, 3)):
+      got = np.asarray(_threshold_by(
+          search, jnp.tile(jnp.asarray(a), (rows, 1)), jnp.full((rows,), r)))
+      if fraction > 1:
+        np.testing.assert_array_equal(got, 0)
+      else:
+        tol = 1e-6 * _threshold_scale(a, float(r), want)
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+def test_both_searches_find_the_same_support():
+  a = jnp.asarray(_magnitudes("normal", 5 * 3000, 1).reshape(5, 3000))
+  keys = jax.lax.bitcast_convert_type(a, jnp.int32)
+  fractions = jnp.asarray([0.0, 1e-4, 0.1, 0.5, 0.9], jnp.float32)
+  radius = jnp.sum(a, axis=1) * fractions
+  radix = jax.jit(_projections._radix_search, static_argnums=3)(
+      a, keys, radius, jnp.float32)
+  bisection = jax.jit(_projections._bisection, static_argnums=3)(
+      a, keys, radius, jnp.float32)
+  # The same support; its lowest key is within rounding of the threshold.
+  np.testing.assert_array_equal(radix.count, bisection.count)
+  np.testing.assert_allclose(
+      jax.lax.bitcast_convert_type(radix.base, jnp.float32),
+      jax.lax.bitcast_convert_type(bisection.base, jnp.float32), rtol=1e-6)
+  np.testing.assert_allclose(radix.total, bisection.total, rtol=1e-6)
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+@pytest.mark.parametrize("kind", ["normal", "ties", "wide"])
+def test_l1_projection_of_a_long_vector_matches_a_float64_sort(kind):
+  rng = np.random.default_rng(3)
+  shape = (250, 400)  # more than 65536 entries: every bin of a digit
+  a = _magnitudes(kind, 250 * 400, 3).reshape(shape)
+  x = jnp.asarray(np.where(rng.random(shape) < 0.5, -a, a))
+  norm = float(np.sum(a, dtype=np.float64))
+  jitted = jax.jit(jaxprune.l1_ball_projection)
+  for r in (1e-30, 1e-6 * norm, 0.5 * norm):
+    r = np.float32(r)
+    y = jaxprune.l1_ball_projection(x, r)
+    tau = _sorted_threshold(a, float(r))
+    want = np.sign(x) * np.maximum(a.astype(np.float64) - tau, 0)
+    tol = 1e-6 * _threshold_scale(a, float(r), tau) + np.spacing(a)
+    assert np.all(np.abs(np.asarray(y, np.float64) - want) <= tol)
+    np.testing.assert_array_equal(jitted(x, r), y)
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+def test_vmap_over_long_vectors_and_radii():
+  x = _random((3, 10_000), 6)  # rows long enough for the radix search
+  radii = jnp.asarray([1.0, 10.0, 1e5], jnp.float32)
+  project = jaxprune.l1_ball_projection
+  rows = [project(x[i], radii[i]) for i in range(3)]
+  np.testing.assert_array_equal(jax.vmap(project)(x, radii), jnp.stack(rows))
+  same_x = [project(x[0], r) for r in radii]
+  np.testing.assert_array_equal(
+      jax.vmap(lambda r: project(x[0], r))(radii), jnp.stack(same_x))
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+def test_the_searches_agree_with_and_without_jit():
+  a = _magnitudes("ties", 20_000, 5)
+  signs = np.where(np.arange(a.size) % 3 == 0, -1, 1).astype(np.float32)
+  x = jnp.asarray(a * signs)
+  radius = 0.2 * float(np.sum(a, dtype=np.float64))
+  groups = x.reshape(200, 100)
+  with jax.disable_jit():
+    eager = (jaxprune.l1_ball_projection(x, radius),
+             jaxprune.l11_ball_projection(groups, radius))
+  jitted = (jax.jit(jaxprune.l1_ball_projection)(x, radius),
+            jax.jit(jaxprune.l11_ball_projection)(groups, radius))
+  for e, j in zip(eager, jitted):
+    np.testing.assert_allclose(e, j, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(e == 0, j == 0)
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+@pytest.mark.parametrize("x, radius, want", [
+    ([3.0, -3.0, 3.0, 1.0], 3.0, [1.0, -1.0, 1.0, 0.0]),  # ties in the support
+    ([4.0, 2.0, -2.0, 1.0], 2.0, [2.0, 0.0, 0.0, 0.0]),  # tied at the threshold
+    ([-5.0, 0.0, 0.0, 0.0], 2.0, [-2.0, 0.0, 0.0, 0.0]),
+    ([-5.0, 0.0, 0.0, 0.0], 0.0, [0.0, 0.0, 0.0, 0.0]),
+    ([0.0, 0.0, 0.0, 0.0], 0.0, [0.0, 0.0, 0.0, 0.0]),
+    ([0.0, 0.0, 0.0, 0.0], 1.0, [0.0, 0.0, 0.0, 0.0]),
+    ([1e30, -1e-30, 1e-30, 0.0], 1e30, [1e30, -1e-30, 1e-30, 0.0]),  # inside
+])
+def test_exact_small_cases(x, radius, want):
+  x = jnp.asarray(x, jnp.float32)
+  np.testing.assert_allclose(jaxprune.l1_ball_projection(x, radius), want,
+                             rtol=1e-6)
+  for search in _SEARCHES.values():
+    tau = _threshold_by(search, jnp.abs(x)[None],
+                        jnp.full((1,), radius, jnp.float32))[0]
+    np.testing.assert_allclose(x - jnp.clip(x, -tau, tau), want, rtol=1e-6)
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+def test_equal_magnitudes_share_the_threshold():
+  x = jnp.full((100_000,), -0.75, jnp.float32)
+  y = jaxprune.l1_ball_projection(x, 7500.0)  # tau = 0.675
+  np.testing.assert_allclose(y, -0.075, rtol=1e-5)
+  assert float(jnp.sum(jnp.abs(y))) == pytest.approx(7500.0, rel=1e-5)
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+def test_nan_and_inf_inputs():
+  nan, inf = float("nan"), float("inf")
+  project = jaxprune.l1_ball_projection
+  # A NaN makes every entry NaN, inside the ball or not.
+  for radius in (1.0, 100.0):
+    assert np.all(np.isnan(project(jnp.asarray([1.0, nan, -2.0]), radius)))
+  # An infinite entry needs an infinite threshold: NaN there, 0 elsewhere.
+  y = project(jnp.asarray([1.0, -inf, 2.0]), 1.0)
+  np.testing.assert_array_equal(y, [0.0, nan, 0.0])
+  # An infinite radius leaves finite entries alone.
+  np.testing.assert_array_equal(project(jnp.asarray([1.0, -2.0, 0.0]), inf),
+                                [1.0, -2.0, 0.0])
+  # The same thresholds from both searches.
+  a = jnp.asarray([[1.0, nan, 2.0], [1.0, inf, 2.0], [1.0, 2.0, 0.0],
+                   [1.0, inf, 2.0]])
+  radius = jnp.asarray([1.0, 1.0, inf, inf])
+  for search in _SEARCHES.values():
+    np.testing.assert_array_equal(_threshold_by(search, a, radius),
+                                  [nan, inf, 0.0, nan])
+
+
+@pytest.mark.usefixtures("strict_dtypes")
+def test_float64_inputs_keep_float64_precision():
+  rng = np.random.default_rng(4)
+  with jax.enable_x64(True):
+    x = rng.normal(size=(300, 40))
+    r = 0.3 * np.abs(x).sum()
+    tau = _sorted_threshold(np.abs(x), r)
+    want = np.sign(x) * np.maximum(np.abs(x) - tau, 0)
+    y = jaxprune.l1_ball_projection(jnp.asarray(x), r)  # 63-bit keys
+    assert y.dtype == jnp.float64
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        jaxprune.l11_ball_projection(jnp.asarray(x), r),
+        _ref_l11(x, r), rtol=0, atol=1e-12)
 
 
 # ---------------------------------------------------------- transformations
