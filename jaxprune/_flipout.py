@@ -414,10 +414,9 @@ def flipout(
     ):
       score = _power(jnp.abs(w.astype(jnp.float32)), p)
       score = score / (f.astype(jnp.float32) + 1.0)
-      forced, _ = _pruning._with_best_forced(_selection.ranking_keys(score, m))
-      keys.append(forced)
+      keys.append(_selection.ranking_keys(score, m))
     selection = _selection.keep_top_k(
-        keys, plan.group_ids, plan.group_sizes, kept
+        keys, plan.group_ids, plan.group_sizes, kept, keep_best=True
     )
     new = [k & m for k, m in zip(selection.kept, old)]
     return jax.tree.unflatten(jax.tree.structure(masks), new)

@@ -138,23 +138,6 @@ def _mask_leaves(masks) -> list[jax.Array]:
   return jax.tree.leaves(masks)  # None leaves are dropped
 
 
-def _with_best_forced(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Gives the best surviving weight of a tensor a key above every other.
-
-  Returns the new keys and whether the forced weight's score was NaN (it no
-  longer shows as NaN in the keys).
-  """
-  flat = keys.reshape(-1)
-  best = jnp.argmax(flat)
-  forced = jnp.where(
-      flat[best] > _selection.PRUNED_KEY,
-      jnp.uint32(_selection.FORCED_KEY),
-      flat[best],
-  )
-  forced_nan = flat[best] == _selection.NAN_KEY
-  return flat.at[best].set(forced).reshape(keys.shape), forced_nan
-
-
 def _apply_if(predicate: jax.Array, fn, operand):
   """``fn(operand)`` if ``predicate`` else ``operand``, updating in place.
 
@@ -196,13 +179,10 @@ def selected_masks(scores, masks, plan: _Plan, allocation: str, kept: jax.Array)
           f"{jnp.shape(score)}, expected {mask.shape}"
       )
   keys = [_selection.ranking_keys(s, m) for s, m in zip(new_scores, old)]
-  nan_scores = jnp.zeros((), jnp.int32)
-  if allocation == "global":
-    keys, forced_nan = zip(*(_with_best_forced(k) for k in keys))
-    nan_scores = sum(f.astype(jnp.int32) for f in forced_nan)
-  selection = _selection.keep_top_k(keys, plan.group_ids, plan.group_sizes, kept)
+  selection = _selection.keep_top_k(keys, plan.group_ids, plan.group_sizes,
+                                    kept, keep_best=allocation == "global")
   new = [k & m for k, m in zip(selection.kept, old)]
-  nan_scores = nan_scores + jnp.sum(selection.nan_counts)
+  nan_scores = jnp.sum(selection.nan_counts)
   return jax.tree.unflatten(jax.tree.structure(masks), new), nan_scores
 
 

@@ -116,20 +116,32 @@ def _group_counts(
 def _histograms(
     bins_of: Callable[[int, jax.Array], jax.Array],
     keys: Sequence[jax.Array],
-    group_ids: Sequence[int],
-    num_groups: int,
-) -> jax.Array:
-  """Per-group histograms over ``_RADIX_BINS`` bins, as int32.
+) -> list[jax.Array]:
+  """One histogram over ``_RADIX_BINS`` bins per key array, as int32.
 
   ``bins_of(i, keys[i])`` gives each element's bin, or ``_RADIX_BINS`` for an
   element that is not counted (dropped by the scatter).
   """
+  return [
+      jnp.zeros((_RADIX_BINS,), jnp.int32)
+      .at[bins_of(i, key).reshape(-1)].add(1, mode="drop")
+      for i, key in enumerate(keys)
+  ]
+
+
+def _by_group(per_array: Sequence[jax.Array], group_ids: Sequence[int],
+              num_groups: int) -> jax.Array:
+  """The per-array histograms summed over each group: ``[groups, bins]``."""
   per_group = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
-  for i, key in enumerate(keys):
-    bins = bins_of(i, key).reshape(-1)
-    counts = jnp.zeros((_RADIX_BINS,), jnp.int32).at[bins].add(1, mode="drop")
-    per_group[group_ids[i]] = per_group[group_ids[i]] + counts
+  for histogram, g in zip(per_array, group_ids):
+    per_group[g] = per_group[g] + histogram
   return jnp.stack(per_group)
+
+
+def _count_above(histogram: jax.Array, b: jax.Array) -> jax.Array:
+  """The count in the bins of ``histogram`` above bin ``b``."""
+  above = jnp.arange(_RADIX_BINS, dtype=jnp.int32) > b
+  return jnp.sum(jnp.where(above, histogram, 0))
 
 
 def _highest_bin_reaching(
@@ -167,26 +179,75 @@ def keep_top_k(
     group_ids: Sequence[int],
     group_sizes: Sequence[int],
     k: jax.Array,
+    keep_best: bool = False,
 ) -> Selection:
   """Keeps exactly the ``k[g]`` largest keys of every group ``g``.
 
   Ties are broken by flat index: within a group the arrays are laid end to
   end in the order given, and among equal keys the lower index is kept.
 
+  With ``keep_best``, the best surviving element of every array (the first
+  of its largest key, if above :data:`PRUNED_KEY`) is kept whatever its
+  rank, and the remaining places go by rank.  When every array already has
+  an element strictly above the threshold this is the plain selection, which
+  is what is computed first; only otherwise is the selection run again with
+  those elements forced (a rarer, slower path).
+
   Args:
     keys: ``uint32`` arrays from :func:`ranking_keys` (any shapes).
     group_ids: static group index of each array, in ``[0, len(group_sizes))``.
     group_sizes: static number of elements of each group; each below 2**31.
     k: int32 vector, the number of elements to keep in each group, each in
-      ``[0, group_size]``.
+      ``[0, group_size]`` (at least the number of forced elements with
+      ``keep_best``).
+    keep_best: keep every array's best surviving element.
 
   Returns:
     A :class:`Selection`: the kept elements, and the NaN scores counted
     along the way.
   """
-  num_groups = len(group_sizes)
   group_ids = tuple(group_ids)
   k = jnp.asarray(k, jnp.int32)
+  kept, nan_counts, above_per_array, pruned_per_array = _select(
+      keys, group_ids, group_sizes, k)
+  if not keep_best:
+    return Selection(kept, nan_counts)
+
+  def forced_selection():
+    forced, forced_nan = zip(*(_with_best_forced(key) for key in keys))
+    kept, nan_counts, _, _ = _select(forced, group_ids, group_sizes, k)
+    extra = [jnp.zeros((), jnp.int32)] * len(group_sizes)
+    for g, was_nan in zip(group_ids, forced_nan):
+      extra[g] = extra[g] + was_nan.astype(jnp.int32)
+    return kept, nan_counts + jnp.stack(extra)
+
+  fine = jnp.all(jnp.stack([
+      (above > 0) | (pruned == key.size)  # an array with no survivor is fine
+      for above, pruned, key in zip(above_per_array, pruned_per_array, keys)
+  ]))
+  kept, nan_counts = lax.cond(fine, lambda: (kept, nan_counts),
+                              forced_selection)
+  return Selection(list(kept), nan_counts)
+
+
+def _with_best_forced(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Gives the best surviving element of ``keys`` the key :data:`FORCED_KEY`.
+
+  Returns the new keys and whether the forced element's score was NaN (it no
+  longer shows as NaN in the keys).
+  """
+  flat = keys.reshape(-1)
+  best = jnp.argmax(flat)
+  forced = jnp.where(flat[best] > PRUNED_KEY, jnp.uint32(FORCED_KEY), flat[best])
+  forced_nan = flat[best] == NAN_KEY
+  return flat.at[best].set(forced).reshape(keys.shape), forced_nan
+
+
+def _select(keys, group_ids, group_sizes, k):
+  """The plain top-k selection: kept masks, NaN counts per group, and per
+  array the number of elements strictly above its group's threshold and the
+  number of pruned elements (key :data:`PRUNED_KEY`, alone in bin 0)."""
+  num_groups = len(group_sizes)
 
   def count(predicate):
     return _group_counts(predicate, keys, group_ids, num_groups)
@@ -196,8 +257,8 @@ def keep_top_k(
   # key's high bits, its low 16 bits from a histogram of the low bits of the
   # keys in t's high bin.
   none_above = jnp.zeros((num_groups,), jnp.int32)
-  high_histograms = _histograms(
-      lambda j, key: key >> _RADIX_BITS, keys, group_ids, num_groups)
+  high_per_array = _histograms(lambda j, key: key >> _RADIX_BITS, keys)
+  high_histograms = _by_group(high_per_array, group_ids, num_groups)
   high, _, above_high = _highest_bin_reaching(high_histograms, none_above, k)
   high = high.astype(jnp.uint32)
 
@@ -205,10 +266,15 @@ def keep_top_k(
     in_high_bin = (key >> _RADIX_BITS) == high[group_ids[j]]
     return jnp.where(in_high_bin, key & (_RADIX_BINS - 1), _RADIX_BINS)
 
-  low_histograms = _histograms(low_bins, keys, group_ids, num_groups)
+  low_per_array = _histograms(low_bins, keys)
+  low_histograms = _by_group(low_per_array, group_ids, num_groups)
   low, at, above = _highest_bin_reaching(low_histograms, above_high, k)
   threshold = (high << _RADIX_BITS) | low.astype(jnp.uint32)
   places_left = k - above  # in [0, at]
+  above_per_array = [
+      _count_above(h, high[g].astype(jnp.int32)) + _count_above(l, low[g])
+      for h, l, g in zip(high_per_array, low_per_array, group_ids)
+  ]
 
   offsets = []
   running = [0] * num_groups
@@ -247,4 +313,5 @@ def keep_top_k(
     tie_kept = (key == threshold[g]) & (flat_index(j) + offsets[j] < bound[g])
     kept.append((key > threshold[g]) | tie_kept)
   nan_counts = high_histograms[:, NAN_KEY >> _RADIX_BITS]
-  return Selection(kept, nan_counts)
+  pruned_per_array = [h[PRUNED_KEY >> _RADIX_BITS] for h in high_per_array]
+  return kept, nan_counts, above_per_array, pruned_per_array

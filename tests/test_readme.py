@@ -41,3 +41,12 @@ def test_main_job_is_a_preset():
   preset = re.search(r"experiments\.run (\w+)", main_job).group(1)
   assert preset in config.PRESETS
   assert config.PRESETS[preset].sparsity == 0.9
+
+
+def test_before_training_snippet_runs_as_printed():
+  snippet = next(b for b in _blocks("python") if "jaxprune.snip_it(" in b)
+  result = subprocess.run(
+      [sys.executable, "-c", snippet], cwd=_ROOT, capture_output=True,
+      text=True, timeout=300, check=True,
+  )
+  assert result.stdout.splitlines() == ["()", "{'hidden': 16, 'out': 3}"]

@@ -48,11 +48,8 @@ def _select(scores, alive, group_ids, sizes, kept, force_best):
       _selection.ranking_keys(jnp.asarray(s), jnp.asarray(a))
       for s, a in zip(scores, alive)
   ]
-  if force_best:
-    from jaxprune._pruning import _with_best_forced
-
-    keys = [_with_best_forced(k)[0] for k in keys]
-  return _selection.keep_top_k(keys, group_ids, sizes, jnp.asarray(kept)).kept
+  return _selection.keep_top_k(keys, group_ids, sizes, jnp.asarray(kept),
+                               keep_best=force_best).kept
 
 
 @hypothesis.given(_problems())
@@ -149,3 +146,15 @@ def test_count_true_is_exact(shape):
   want = int(np.count_nonzero(np.arange(np.prod(shape)) % 3 != 0))
   got = jax.jit(_selection.count_true)(x)
   assert got.dtype == jnp.int32 and int(got) == want
+
+
+def test_keep_best_forces_an_array_that_ranks_below_the_threshold():
+  scores = [jnp.array([0.1, 0.2, 0.2]), jnp.array([5.0, 8.0, 7.0, 6.0])]
+  keys = [_selection.ranking_keys(s, jnp.ones(s.shape, bool)) for s in scores]
+  plain = _selection.keep_top_k(keys, (0, 0), (7,), jnp.array([2])).kept
+  forced = jax.jit(_selection.keep_top_k, static_argnums=(1, 2, 4))(
+      keys, (0, 0), (7,), jnp.array([2]), True).kept
+  assert [m.tolist() for m in plain] == [[False] * 3, [False, True, True, False]]
+  # The first 0.2 of the first array is forced; one place is left for 8.0.
+  assert [m.tolist() for m in forced] == [[False, True, False],
+                                          [False, True, False, False]]
