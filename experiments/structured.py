@@ -36,12 +36,12 @@ _EPOCH = 60000 // 128
 
 NODE_SPARSITIES = (0.5, 0.75, 0.9)
 
-# Adam at batch 128 (the authors' optimizer); 5 epochs for LeNet-300-100 on
+# Adam at batch 128 (the authors' optimizer); 3 epochs for LeNet-300-100 on
 # MNIST, 2 for Conv-6 on Fashion-MNIST (a dense Conv-6 step is about half a
 # second on a 2-core CPU).
 BASES = {
     "lenet300100": Config(
-        dataset="mnist", model="lenet300100", steps=5 * _EPOCH,
+        dataset="mnist", model="lenet300100", steps=3 * _EPOCH,
         optimizer="adam", learning_rate=1e-3, sparsity=0.0, log_every=100,
         eval_every=0, checkpoint_every=0),
     "conv6": Config(

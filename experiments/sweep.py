@@ -67,10 +67,10 @@ _FLIPOUT_GRID = {
 }
 
 # SNIP-it's comparison at CPU scale: LeNet-5-Caffe, Adam (the authors'
-# optimizer, at batch 128 and learning rate 1e-3), 4 epochs after pruning at
+# optimizer, at batch 128 and learning rate 1e-3), 2 epochs after pruning at
 # initialisation; random prunes at step 0, before any update.
 _BEFORE_TRAINING_BASE = Config(
-    dataset="fashion_mnist", model="lenet5", steps=4 * _EPOCH, batch_size=128,
+    dataset="fashion_mnist", model="lenet5", steps=2 * _EPOCH, batch_size=128,
     optimizer="adam", learning_rate=1e-3, schedule="constant",
     log_every=_EPOCH // 2, eval_every=0, checkpoint_every=0,
 )
@@ -102,12 +102,14 @@ SWEEPS: dict[str, Sweep] = {
             "sparsity": (0.9, 0.95, 0.98, 0.99, 0.995),
         },
     ),
-    # During training at 98%: SNIP-it's rounds at the end of epochs 1..7 of
-    # 10, against gradual magnitude pruning over the same epochs.
+    # During training at 98%: SNIP-it's 7 rounds (0.5 ... 0.98) every half
+    # epoch from half an epoch on, against gradual magnitude pruning over the
+    # same span (updates every quarter epoch); 5 epochs in all.
     "during_training": Sweep(
         base=dataclasses.replace(
-            _BEFORE_TRAINING_BASE, steps=10 * _EPOCH, begin_step=_EPOCH,
-            end_step=7 * _EPOCH, prune_every=_EPOCH, frequency=_EPOCH // 2),
+            _BEFORE_TRAINING_BASE, steps=5 * _EPOCH, begin_step=_EPOCH // 2,
+            end_step=7 * _EPOCH // 2, prune_every=_EPOCH // 2,
+            frequency=_EPOCH // 4),
         grid={
             "dataset": ("fashion_mnist",),
             "method": ("snip_it_during", "magnitude"),
