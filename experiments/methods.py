@@ -132,12 +132,16 @@ BEFORE_TRAINING = ("snip", "snip_it", "grasp", "synflow")
 STRUCTURED = ("snap_it",)
 
 
-def _eval_loss(model, batch_stats):
+# GraSP's authors divide the logits by this temperature when scoring.
+GRASP_TEMPERATURE = 200.0
+
+
+def _eval_loss(model, batch_stats, temperature: float = 1.0):
   def loss_fn(p, batch):
     logits = model.apply({"params": p, "batch_stats": batch_stats},
                          batch["image"], train=False)
     return optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["label"]).mean()
+        logits / temperature, batch["label"]).mean()
   return loss_fn
 
 
@@ -170,7 +174,9 @@ def initial_masks(config: Config, model, variables: Any,
   """
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
-  loss_fn = _eval_loss(model, batch_stats)
+  loss_fn = _eval_loss(
+      model, batch_stats,
+      GRASP_TEMPERATURE if config.method == "grasp" else 1.0)
   common = dict(sparsity=config.sparsity, allocation=config.allocation)
   if config.method == "snip_it":
     return jaxprune.snip_it(loss_fn, params, batches, steps=config.rounds,
