@@ -217,39 +217,35 @@ def aggregate(records: Sequence[dict]) -> list[dict]:
   return rows
 
 
+def _method_table(sub: Sequence[dict], cell) -> list[str]:
+  """A markdown table of ``cell(row)`` per method (rows) and target (columns)."""
+  targets = sorted({r["target_sparsity"] for r in sub})
+  lines = ["| method | " + " | ".join(f"{t:.2%}" for t in targets) + " |",
+           "| --- |" + " --- |" * len(targets)]
+  for m in sorted({r["method"] for r in sub}):
+    cells = []
+    for t in targets:
+      hit = [r for r in sub if r["method"] == m and r["target_sparsity"] == t]
+      cells.append(cell(hit[0]) if hit else "–")
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
-  """Accuracy (mean ± std over seeds, %) per method and target sparsity."""
+  """Accuracy (mean ± std over seeds, %) per method and target sparsity, and
+  where the runs report it, their connectivity."""
   lines = []
   for dataset in sorted({r["dataset"] for r in rows}):
     sub = [r for r in rows if r["dataset"] == dataset]
-    targets = sorted({r["target_sparsity"] for r in sub})
-    methods = sorted({r["method"] for r in sub})
     lines.append(f"\n**{dataset}** (test accuracy %, mean ± std over seeds)\n")
-    lines.append("| method | " + " | ".join(f"{t:.2%}" for t in targets) + " |")
-    lines.append("| --- |" + " --- |" * len(targets))
-    for m in methods:
-      cells = []
-      for t in targets:
-        hit = [r for r in sub if r["method"] == m and r["target_sparsity"] == t]
-        cells.append(
-            f"{hit[0]['accuracy_mean']:.2f} ± {hit[0]['accuracy_std']:.2f} "
-            f"(n={hit[0]['seeds']})" if hit else "–"
-        )
-      lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += _method_table(sub, lambda r: (
+        f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} (n={r['seeds']})"))
     if all("disconnected_runs" in r for r in sub):
       lines.append(
           f"\n**{dataset}**: runs with a layer cut off from every input-output "
           "path / kept weights that lie on such a path\n")
-      lines.append("| method | " + " | ".join(f"{t:.2%}" for t in targets) + " |")
-      lines.append("| --- |" + " --- |" * len(targets))
-      for m in methods:
-        cells = []
-        for t in targets:
-          hit = [r for r in sub if r["method"] == m and r["target_sparsity"] == t]
-          cells.append(
-              f"{hit[0]['disconnected_runs']}/{hit[0]['seeds']} / "
-              f"{hit[0]['effective_fraction']:.1%}" if hit else "–")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+      lines += _method_table(sub, lambda r: (
+          f"{r['disconnected_runs']}/{r['seeds']} / {r['effective_fraction']:.1%}"))
   return "\n".join(lines) + "\n"
 
 
