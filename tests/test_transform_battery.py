@@ -92,11 +92,9 @@ def test_keeps_param_dtypes(make):
   assert _signature(optax.apply_updates(params, updates)) == _signature(params)
 
 
-def test_state_passes_through_lax_cond_and_scan(make):
-  tx = make(optax.sgd(0.1, momentum=0.9))
-  params = _params()
-  state = tx.init(params)
-
+def _six_steps_in_scan_and_cond(tx, params):
+  """Six jitted steps of ``tx`` inside ``lax.scan``, each new state passed
+  through a ``lax.cond``; the final params and state."""
   def body(carry, t):
     params, state = carry
     updates, new_state = tx.update(_grads(params, t), state, params)
@@ -105,7 +103,13 @@ def test_state_passes_through_lax_cond_and_scan(make):
 
   (params, state), _ = jax.jit(
       lambda c: jax.lax.scan(body, c, jnp.arange(6.0))
-  )((params, state))
+  )((params, tx.init(params)))
+  return params, state
+
+
+def test_state_passes_through_lax_cond_and_scan(make):
+  tx = make(optax.sgd(0.1, momentum=0.9))
+  params, state = _six_steps_in_scan_and_cond(tx, _params())
   masks = jaxprune.masks_of(state)
   for name in ("a", "b"):
     kernel, mask = np.asarray(params[name]["kernel"]), np.asarray(masks[name]["kernel"])
@@ -184,16 +188,7 @@ def test_gated_state_passes_through_scan_cond_and_inject_hyperparams(make_gated)
   tx = optax.inject_hyperparams(lambda learning_rate: make_gated(optax.adam(learning_rate)))(
       learning_rate=1e-1)
   params = _gated_params()
-  state = tx.init(params)
-
-  def body(carry, t):
-    params, state = carry
-    updates, new_state = tx.update(_grads(params, t), state, params)
-    new_state = jax.lax.cond(t >= 0, lambda: new_state, lambda: state)
-    return (optax.apply_updates(params, updates), new_state), None
-
-  (scanned, state), _ = jax.jit(lambda c: jax.lax.scan(body, c, jnp.arange(6.0)))(
-      (params, state))
+  scanned, state = _six_steps_in_scan_and_cond(tx, params)
   looped, looped_state = params, tx.init(params)
   for t in range(6):
     updates, looped_state = tx.update(_grads(looped, jnp.float32(t)), looped_state, looped)
