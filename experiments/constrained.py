@@ -26,7 +26,6 @@ rather than 1e-4.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -165,14 +164,8 @@ def plot_run(metrics_path: pathlib.Path, target: float, path: pathlib.Path, titl
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m experiments.constrained")
-  parser.add_argument("--jobs", type=int, default=2)
-  parser.add_argument("--seeds", default="0,1,2")
+  parser = sweep.script_parser("constrained", jobs=2, seeds="0,1,2")
   parser.add_argument("--only", choices=("mlp", "lenet5", "penalty"), default=None)
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  parser.add_argument("--root", default="runs/constrained")
-  parser.add_argument("--out", default="experiments/results/constrained")
-  parser.add_argument("--only-collect", action="store_true")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   from experiments import config as config_lib
 

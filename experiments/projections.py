@@ -15,7 +15,6 @@ finished cells are not run again.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -118,13 +117,7 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m experiments.projections")
-  parser.add_argument("--jobs", type=int, default=2)
-  parser.add_argument("--seeds", default="0")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  parser.add_argument("--root", default="runs/projections")
-  parser.add_argument("--out", default="experiments/results/projections")
-  parser.add_argument("--only-collect", action="store_true")
+  parser = sweep.script_parser("projections", jobs=2, seeds="0")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   configs = [config_lib.apply_overrides(c, args.set) for c in cells(seeds)]

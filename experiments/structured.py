@@ -15,7 +15,6 @@ live in ``runs/structured/CELL`` and finished cells are not run again.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -148,14 +147,8 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m experiments.structured")
-  parser.add_argument("--jobs", type=int, default=1)
-  parser.add_argument("--seeds", default="0")
+  parser = sweep.script_parser("structured", jobs=1, seeds="0")
   parser.add_argument("--models", default="lenet300100,conv6")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  parser.add_argument("--root", default="runs/structured")
-  parser.add_argument("--out", default="experiments/results/structured")
-  parser.add_argument("--only-collect", action="store_true")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   configs = [config_lib.apply_overrides(c, args.set)

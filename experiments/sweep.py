@@ -292,6 +292,21 @@ def write_results(name: str, records: Sequence[dict], out: pathlib.Path,
   return rows
 
 
+def script_parser(name: str, jobs: int, seeds: str) -> argparse.ArgumentParser:
+  """The arguments that the reproduction scripts (``experiments.NAME``)
+  share: ``--jobs``, ``--seeds``, ``--set``, ``--root`` (default
+  ``runs/NAME``), ``--out`` (default ``experiments/results/NAME``) and
+  ``--only-collect``."""
+  parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}")
+  parser.add_argument("--jobs", type=int, default=jobs)
+  parser.add_argument("--seeds", default=seeds)
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  parser.add_argument("--root", default=f"runs/{name}")
+  parser.add_argument("--out", default=f"experiments/results/{name}")
+  parser.add_argument("--only-collect", action="store_true")
+  return parser
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m experiments.sweep")
   parser.add_argument("sweep", choices=sorted(SWEEPS))
