@@ -1,6 +1,7 @@
 """Grids of runs and the tables and plots that compare them.
 
     python -m experiments.sweep NAME [--jobs 2] [--seeds 0,1,2] [--set key=value ...]
+        [--only field=v1,v2 ...]
 
 runs every cell of the sweep ``NAME`` (see :data:`SWEEPS`) with
 ``python -m experiments.run`` in its own process, ``--jobs`` at a time, each
@@ -41,10 +42,25 @@ class Sweep:
   # Per method, config fields that differ from the base (e.g. a schedule).
   method_overrides: dict[str, dict] = dataclasses.field(default_factory=dict)
 
-  def cells(self, seeds: Sequence[int] | None = None) -> list[Config]:
-    keys = list(self.grid)
+  def cells(self, seeds: Sequence[int] | None = None,
+            only: dict[str, Sequence[str]] | None = None) -> list[Config]:
+    """One config per grid point and seed; ``only`` keeps the grid points
+    whose fields take one of the listed values (compared as strings)."""
+    only = only or {}
+    unknown = sorted(set(only) - set(self.grid))
+    if unknown:
+      raise ValueError(f"--only names fields {unknown} that the grid does not "
+                       f"vary; it varies {sorted(self.grid)}")
+    grid = {k: tuple(v for v in values
+                     if k not in only or str(v) in only[k])
+            for k, values in self.grid.items()}
+    empty = sorted(k for k, values in grid.items() if not values)
+    if empty:
+      raise ValueError(f"--only leaves no value of {empty}; the grid has "
+                       f"{ {k: self.grid[k] for k in empty} }")
+    keys = list(grid)
     configs = []
-    for values in itertools.product(*(self.grid[k] for k in keys)):
+    for values in itertools.product(*(grid[k] for k in keys)):
       cell = dict(zip(keys, values))
       cell.update(self.method_overrides.get(cell.get("method"), {}))
       for seed in self.seeds if seeds is None else seeds:
@@ -282,6 +298,8 @@ def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> None:
 
 def write_results(name: str, records: Sequence[dict], out: pathlib.Path,
                   command: str) -> list[dict]:
+  if not records:
+    raise SystemExit(f"no finished runs to collect for {name!r}: nothing written")
   out.mkdir(parents=True, exist_ok=True)
   rows = aggregate(records)
   (out / "results.json").write_text(json.dumps(
@@ -316,11 +334,24 @@ def main(argv=None) -> int:
                       help="override a field of every cell")
   parser.add_argument("--root", default=None, help="default runs/sweeps/NAME")
   parser.add_argument("--out", default=None, help="default experiments/results/NAME")
+  parser.add_argument("--only", action="append", default=[],
+                      metavar="FIELD=V1,V2",
+                      help="run only the grid points whose FIELD is one of these")
   parser.add_argument("--only-collect", action="store_true")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   sweep = SWEEPS[args.sweep]
   seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
-  configs = [config_lib.apply_overrides(c, args.set) for c in sweep.cells(seeds)]
+  only = {}
+  for item in args.only:
+    field, sep, values = item.partition("=")
+    if not sep or not values:
+      parser.error(f"--only takes FIELD=V1,V2, got {item!r}")
+    only[field] = values.split(",")
+  try:
+    cells = sweep.cells(seeds, only)
+  except ValueError as e:
+    parser.error(str(e))
+  configs = [config_lib.apply_overrides(c, args.set) for c in cells]
   root = pathlib.Path(args.root or f"runs/sweeps/{args.sweep}")
   if not args.only_collect:
     run_cells(configs, root, args.jobs)

@@ -19,6 +19,20 @@ def test_cells_cover_the_grid_and_seeds():
   assert all(c.schedule == "geometric" for c in cells if c.method != "snip")
 
 
+def test_only_keeps_the_listed_grid_values():
+  s = sweep.SWEEPS["flipout"]
+  cells = s.cells([0], {"method": ["flipout", "magnitude"],
+                        "sparsity": ["0.99609375"]})
+  assert sorted((c.dataset, c.method) for c in cells) == [
+      ("fashion_mnist", "flipout"), ("fashion_mnist", "magnitude"),
+      ("mnist", "flipout"), ("mnist", "magnitude")]
+  assert all(c.sparsity == 0.99609375 and c.seed == 0 for c in cells)
+  with pytest.raises(ValueError, match="does not vary"):
+    s.cells(only={"model": ["lenet5"]})
+  with pytest.raises(ValueError, match="leaves no value"):
+    s.cells(only={"method": ["flip_out"]})
+
+
 def test_aggregate_table_and_plot(tmp_path):
   records = [
       {"dataset": "mnist", "method": m, "target_sparsity": t, "seed": seed,
