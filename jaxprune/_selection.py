@@ -122,11 +122,45 @@ def _histograms(
   ``bins_of(i, keys[i])`` gives each element's bin, or ``_RADIX_BINS`` for an
   element that is not counted (dropped by the scatter).
   """
-  return [
-      jnp.zeros((_RADIX_BINS,), jnp.int32)
-      .at[bins_of(i, key).reshape(-1)].add(1, mode="drop")
-      for i, key in enumerate(keys)
-  ]
+  return [_histogram(bins_of(i, key)) for i, key in enumerate(keys)]
+
+
+def _explicit_axes(x: jax.Array) -> tuple[str, ...]:
+  """The mesh axes that shard ``x`` explicitly (``jax.sharding.AxisType.
+  Explicit``), in the order of its dimensions; () for an unsharded array or
+  under automatic sharding, where the compiler partitions on its own."""
+  spec = getattr(jax.typeof(x).sharding, "spec", None) or ()
+  axes = []
+  for entry in spec:
+    if entry is None:
+      continue
+    axes.extend(entry if isinstance(entry, tuple) else (entry,))
+  return tuple(axes)
+
+
+def _histogram(bins: jax.Array) -> jax.Array:
+  """Counts of ``bins`` (any shape) over ``_RADIX_BINS`` bins; a bin of
+  ``_RADIX_BINS`` is not counted.
+
+  A sharded ``bins`` is counted shard by shard and the counts summed over the
+  devices: the only collective is an all-reduce of the 65536 counters.  Under
+  automatic sharding the compiler partitions the scatter that way itself;
+  with explicit sharding the per-shard count is written out with
+  ``jax.shard_map``.
+  """
+
+  def count(b):
+    return jnp.zeros((_RADIX_BINS,), jnp.int32).at[b].add(1, mode="drop")
+
+  axes = _explicit_axes(bins)
+  if not axes:
+    return count(bins)
+  spec = jax.typeof(bins).sharding.spec
+  return jax.shard_map(
+      lambda b: lax.psum(count(b), axes),
+      in_specs=spec, out_specs=jax.sharding.PartitionSpec(),
+      axis_names=set(axes),
+  )(bins)
 
 
 def _by_group(per_array: Sequence[jax.Array], group_ids: Sequence[int],
@@ -236,11 +270,23 @@ def _with_best_forced(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
   Returns the new keys and whether the forced element's score was NaN (it no
   longer shows as NaN in the keys).
   """
-  flat = keys.reshape(-1)
-  best = jnp.argmax(flat)
-  forced = jnp.where(flat[best] > PRUNED_KEY, jnp.uint32(FORCED_KEY), flat[best])
-  forced_nan = flat[best] == NAN_KEY
-  return flat.at[best].set(forced).reshape(keys.shape), forced_nan
+  best_key = jnp.max(keys)
+  index = flat_index(keys)
+  first = jnp.min(jnp.where(keys == best_key, index, jnp.iinfo(jnp.int32).max))
+  forced = (index == first) & (best_key > PRUNED_KEY)
+  return jnp.where(forced, jnp.uint32(FORCED_KEY), keys), best_key == NAN_KEY
+
+
+def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
+  """``offset`` plus each element's row-major position in ``x``, as int32
+  of ``x``'s shape (and sharding), computed in place: no reshape, so no
+  element moves between the devices that hold ``x``."""
+  index = jnp.full(x.shape, offset, jnp.int32)
+  stride = 1
+  for dim in reversed(range(x.ndim)):
+    index = index + stride * lax.broadcasted_iota(jnp.int32, x.shape, dim)
+    stride *= x.shape[dim]
+  return index
 
 
 def _select(keys, group_ids, group_sizes, k):
@@ -282,9 +328,6 @@ def _select(keys, group_ids, group_sizes, k):
     offsets.append(running[group_ids[j]])
     running[group_ids[j]] += key.size
 
-  def flat_index(j):
-    return jnp.arange(keys[j].size, dtype=jnp.int32).reshape(keys[j].shape)
-
   def tie_bound():
     """Smallest index bound b with count(key == t & index < b) >= places."""
     index_bits = max(max(group_sizes), 1).bit_length()
@@ -294,7 +337,7 @@ def _select(keys, group_ids, group_sizes, k):
       candidate = below | bit
       tied_before = count(
           lambda j, key: (key == threshold[group_ids[j]])
-          & (flat_index(j) + offsets[j] < candidate[group_ids[j]])
+          & (flat_index(key, offsets[j]) < candidate[group_ids[j]])
       )
       return jnp.where(tied_before < places_left, candidate, below)
 
@@ -310,7 +353,7 @@ def _select(keys, group_ids, group_sizes, k):
   kept = []
   for j, key in enumerate(keys):
     g = group_ids[j]
-    tie_kept = (key == threshold[g]) & (flat_index(j) + offsets[j] < bound[g])
+    tie_kept = (key == threshold[g]) & (flat_index(key, offsets[j]) < bound[g])
     kept.append((key > threshold[g]) | tie_kept)
   nan_counts = high_histograms[:, NAN_KEY >> _RADIX_BITS]
   pruned_per_array = [h[PRUNED_KEY >> _RADIX_BITS] for h in high_per_array]
