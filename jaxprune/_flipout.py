@@ -396,7 +396,7 @@ def flipout(
         masks=_pruning._all_kept(plan, params),
         flips=jax.tree.map(
             lambda flag, x: (
-                jnp.zeros(jnp.shape(x), counter_dtype) if flag else None
+                jnp.zeros_like(x, dtype=counter_dtype) if flag else None
             ),
             plan.prunable,
             params,

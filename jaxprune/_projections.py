@@ -78,6 +78,7 @@ import optax
 from jaxprune import _flipout
 from jaxprune import _inspect
 from jaxprune import _pruning
+from jaxprune import _sharding
 from jaxprune import _trees
 
 Axis = int | tuple[int, ...]
@@ -440,7 +441,8 @@ def _l1(x: jax.Array, radius: jax.typing.ArrayLike) -> jax.Array:
   dtype = _compute_dtype(x.dtype)
   xc = x.astype(dtype)
   r = _radius_array(radius, dtype)
-  tau = _rows_threshold(jnp.abs(xc).reshape(1, -1), r.reshape(1))[0]
+  magnitudes = _sharding.gathered(jnp.abs(xc))
+  tau = _rows_threshold(magnitudes.reshape(1, -1), r.reshape(1))[0]
   return _soft_threshold(xc, tau).astype(x.dtype)
 
 
@@ -452,7 +454,7 @@ def _l21(
   xc = x.astype(dtype)
   r = _radius_array(radius, dtype)
   norms = jnp.sqrt(jnp.sum(jnp.square(xc), axis=axes, keepdims=True))
-  tau = _rows_threshold(norms.reshape(1, -1), r.reshape(1))[0]
+  tau = _rows_threshold(_sharding.gathered(norms).reshape(1, -1), r.reshape(1))[0]
   scale = jnp.maximum(norms - tau, 0) / jnp.where(norms > 0, norms, 1)
   scale = jnp.where(tau == 0, jnp.ones_like(scale), scale)  # exact if inside
   return (xc * scale).astype(x.dtype)
@@ -465,7 +467,7 @@ def _l11(
   dtype = _compute_dtype(x.dtype)
   xc = x.astype(dtype)
   r = _radius_array(radius, dtype)
-  a = jnp.abs(xc)
+  a = _sharding.gathered(jnp.abs(xc))
   norms = jnp.sum(a, axis=axes, keepdims=True)
   tau = _rows_threshold(norms.reshape(1, -1), r.reshape(1))[0]
   budgets = jnp.maximum(norms - tau, 0)  # NaN stays NaN

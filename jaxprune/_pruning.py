@@ -34,6 +34,7 @@ from jax import lax
 from jaxprune import _allocation
 from jaxprune import _inspect
 from jaxprune import _selection
+from jaxprune import _sharding
 from jaxprune import _trees
 from jaxprune import criteria as criteria_lib
 from jaxprune import schedules as schedules_lib
@@ -285,7 +286,9 @@ def _initial_masks(masks, params, plan: _Plan, caller: str = "jaxprune.prune"):
       raise TypeError(
           f"the initial mask of {_trees.path_string(path)} has dtype "
           f"{jnp.result_type(mask)}; masks are boolean (True = kept)")
-  return jax.tree.map(jnp.asarray, masks)
+  return jax.tree.map(
+      lambda m, p: None if m is None else _sharding.placed_like(m, p),
+      masks, params, is_leaf=lambda x: x is None)
 
 
 def prune(

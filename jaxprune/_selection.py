@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxprune import _sharding
+
 _SIGN_BIT = 0x80000000
 # Pruned weights get key 0, below every surviving weight (the key of -inf is
 # 0x007FFFFF), so a pruned weight never wins a place back.
@@ -125,19 +127,6 @@ def _histograms(
   return [_histogram(bins_of(i, key)) for i, key in enumerate(keys)]
 
 
-def _explicit_axes(x: jax.Array) -> tuple[str, ...]:
-  """The mesh axes that shard ``x`` explicitly (``jax.sharding.AxisType.
-  Explicit``), in the order of its dimensions; () for an unsharded array or
-  under automatic sharding, where the compiler partitions on its own."""
-  spec = getattr(jax.typeof(x).sharding, "spec", None) or ()
-  axes = []
-  for entry in spec:
-    if entry is None:
-      continue
-    axes.extend(entry if isinstance(entry, tuple) else (entry,))
-  return tuple(axes)
-
-
 def _histogram(bins: jax.Array) -> jax.Array:
   """Counts of ``bins`` (any shape) over ``_RADIX_BINS`` bins; a bin of
   ``_RADIX_BINS`` is not counted.
@@ -152,7 +141,7 @@ def _histogram(bins: jax.Array) -> jax.Array:
   def count(b):
     return jnp.zeros((_RADIX_BINS,), jnp.int32).at[b].add(1, mode="drop")
 
-  axes = _explicit_axes(bins)
+  axes = _sharding.explicit_axes(bins)
   if not axes:
     return count(bins)
   spec = jax.typeof(bins).sharding.spec

@@ -1,6 +1,6 @@
 """One battery of checks over every jaxprune transformation.
 
-Add a row to ``_TRANSFORMS`` for each new transformation.
+The transformations are the rows of ``tests/transforms.py``.
 """
 
 import jax
@@ -10,31 +10,8 @@ import optax
 import pytest
 
 import jaxprune
-from jaxprune import criteria, schedules
+import transforms
 
-_SCHEDULE = schedules.polynomial(0.75, begin_step=0, end_step=4, frequency=2)
-
-# Initial masks as jaxprune.snip would give them: every fourth weight kept.
-_FIXED_MASKS = {
-    "a": {"kernel": np.arange(30).reshape(6, 5) % 4 == 0, "bias": None},
-    "b": {"kernel": np.arange(72).reshape(3, 3, 2, 4) % 4 == 0},
-}
-_TRANSFORMS = {
-    "prune-magnitude-global": lambda inner: jaxprune.prune(
-        inner, criterion=criteria.magnitude, schedule=_SCHEDULE),
-    "prune-random-layerwise": lambda inner: jaxprune.prune(
-        inner, criterion=criteria.random, schedule=_SCHEDULE,
-        allocation="layerwise"),
-    "prune-saliency-erk": lambda inner: jaxprune.prune(
-        inner, criterion=criteria.saliency, schedule=_SCHEDULE, allocation="erk"),
-    "prune-fixed-masks": lambda inner: jaxprune.prune(inner, masks=_FIXED_MASKS),
-    "flipout": lambda inner: jaxprune.flipout(inner, prune_every=2),
-    "flipout-noiseless-p1": lambda inner: jaxprune.flipout(
-        inner, prune_every=2, rate=0.6, p=1.0, noise=0.0, final_sparsity=0.8),
-    "project-l1": lambda inner: optax.chain(inner, jaxprune.project_l1(0.1)),
-    "project-l21": lambda inner: optax.chain(inner, jaxprune.project_l21(0.1)),
-    "project-l11": lambda inner: optax.chain(inner, jaxprune.project_l11(0.1)),
-}
 # Projected gradient keeps no mask: under Adam every weight moves by about the
 # learning rate at each step, refilling the zeros, so after the few Adam steps
 # of test_works_with_inject_hyperparams its sparsity is far below a pruning
@@ -59,9 +36,10 @@ def _signature(tree):
   return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
 
 
-@pytest.fixture(params=list(_TRANSFORMS))
+@pytest.fixture(params=list(transforms.MASKED))
 def make(request):
-  return _TRANSFORMS[request.param]
+  row = transforms.MASKED[request.param]
+  return lambda inner: row(inner, _params())
 
 
 def test_jitted_steps_keep_state_types_and_compile_once(make):
@@ -138,26 +116,14 @@ def test_works_with_inject_hyperparams(make, request):
 
 # --- transformations of L0-gated params (no masks in their state) -----------
 
-_GATED_TRANSFORMS = {
-    "l0-dual-ascent": lambda inner: optax.chain(
-        jaxprune.dual_ascent(jaxprune.density_constraint(0.3), dual_lr=0.5),
-        inner, jaxprune.clip_log_alpha()),
-    "l0-layer-dual-ascent-no-restarts": lambda inner: optax.chain(
-        jaxprune.dual_ascent(jaxprune.density_constraint([0.3, 0.5], "layer"),
-                             dual_lr=0.5, dual_restarts=False),
-        inner, jaxprune.clip_log_alpha()),
-    "l0-penalty": lambda inner: optax.chain(
-        jaxprune.l0_penalty(1e-2), inner, jaxprune.clip_log_alpha()),
-}
-
-
 def _gated_params(dtype=jnp.float32):
   return jaxprune.add_gates(_params(dtype), jax.random.key(0), granularity="unit")
 
 
-@pytest.fixture(params=list(_GATED_TRANSFORMS))
+@pytest.fixture(params=list(transforms.GATED))
 def make_gated(request):
-  return _GATED_TRANSFORMS[request.param]
+  row = transforms.GATED[request.param]
+  return lambda inner: row(inner, _gated_params())
 
 
 def _dual_states(state):
