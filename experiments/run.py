@@ -89,7 +89,13 @@ def main(argv=None) -> int:
   import jax  # after argument parsing, so that --help is fast
 
   if args.distributed:
-    _join(args)
+    try:
+      _join(args)
+    except ValueError as error:  # e.g. nothing detected, no --coordinator
+      print(f"error: --distributed: {error} (outside Cloud TPU, SLURM and "
+            "Open MPI, give --coordinator HOST:PORT, --num-processes N and "
+            "--process-id I)", file=sys.stderr)
+      return 2
   from experiments import train
 
   workdir = args.workdir or os.path.join("runs", config.name)
