@@ -21,6 +21,12 @@ later calls reuse the prepared files)::
   batch["image"].shape, batch["image"].dtype   # (128, 28, 28, 1), float32
   batch = data.shard(batch, data.data_mesh())  # split over all devices
 
+With several processes (``jax.distributed``), each one builds the same
+global batch and passes only its part on::
+
+  mesh = data.data_mesh()
+  batch = data.shard(data.process_part(batch, mesh), mesh)
+
 Environment variables:
   JAXPRUNE_DATA_DIR: the source directory when ``source_dir`` is not given.
   JAXPRUNE_TFDS_DIR: the writable tfds data directory when ``tfds_dir`` is not
@@ -61,6 +67,7 @@ __all__ = [
     "eval_batches",
     "load",
     "normalise",
+    "process_part",
     "read_idx",
     "shard",
     "steps_per_epoch",
@@ -613,11 +620,60 @@ def data_mesh() -> jax.sharding.Mesh:
   )
 
 
+def _check_mesh(mesh: jax.sharding.Mesh, what: str) -> None:
+  if tuple(mesh.axis_names) != ("data",):
+    raise ValueError(
+        f"{what} needs a 1-D mesh with the axis 'data', got axes "
+        f"{mesh.axis_names}"
+    )
+
+
+def process_part(
+    batch: Mapping[str, Any], mesh: jax.sharding.Mesh
+) -> dict[str, np.ndarray]:
+  """The rows of a global host batch that this process passes to :func:`shard`.
+
+  Every device of ``mesh`` holds ``B / devices`` consecutive rows of the
+  global batch; a process keeps the rows of its own devices, in increasing
+  order (where ``jax.make_array_from_process_local_data`` puts them back).
+  With one process that is the whole batch; with ``N`` processes whose
+  devices follow each other on the mesh (as ``data_mesh`` orders them), it is
+  the ``jax.process_index()``-th of ``N`` equal slices.
+
+  Args:
+    batch: numpy arrays with a common leading (batch) axis, the same on every
+      process.
+    mesh: a 1-D mesh whose axis is named ``"data"``, e.g. :func:`data_mesh`.
+
+  Returns:
+    The same dict, each array cut to this process's rows.
+  """
+  _check_mesh(mesh, "process_part")
+  sizes = {np.shape(value)[0] if np.ndim(value) else None
+           for value in batch.values()}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(
+        "process_part needs arrays with one common leading (batch) axis, got "
+        f"shapes { {k: np.shape(v) for k, v in batch.items()} }"
+    )
+  (size,) = sizes
+  if size % mesh.size:
+    raise ValueError(
+        f"a batch of {size} does not split over the {mesh.size} devices of "
+        "the mesh"
+    )
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  spans = sorted({(index[0].start or 0, index[0].stop or size) for index in
+                  sharding.addressable_devices_indices_map((size,)).values()})
+  rows = np.concatenate([np.arange(start, stop) for start, stop in spans])
+  return {key: np.asarray(value)[rows] for key, value in batch.items()}
+
+
 def shard(batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Puts a host batch on the devices, its leading axis split over ``"data"``.
 
-  Each process passes its own part of the global batch; with one process,
-  that is the whole batch.
+  Each process passes its own part of the global batch
+  (:func:`process_part`); with one process, that is the whole batch.
 
   Args:
     batch: numpy arrays with a common leading (batch) axis.
@@ -627,10 +683,7 @@ def shard(batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict[str, jax.Ar
     The same dict of global ``jax.Array`` s, sharded by
     ``NamedSharding(mesh, PartitionSpec("data"))``.
   """
-  if tuple(mesh.axis_names) != ("data",):
-    raise ValueError(
-        f"shard needs a 1-D mesh with the axis 'data', got axes {mesh.axis_names}"
-    )
+  _check_mesh(mesh, "shard")
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   devices = len(mesh.local_devices)
 

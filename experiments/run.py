@@ -4,6 +4,16 @@ CONFIG is a preset name (see ``experiments/config.py``) or a JSON file of
 config fields.  Example, the README's main job:
 
     python -m experiments.run lenet300_mnist --workdir runs/lenet300_mnist
+
+Several processes (one per host of a TPU pod slice, or several on one
+machine) run one data-parallel job with ``--distributed``: every process
+runs the same command; the coordinator's address, the number of processes
+and each one's id are detected on Cloud TPU, SLURM and Open MPI, or given:
+
+    python -m experiments.run smoke --workdir /tmp/smoke --distributed \
+        --coordinator localhost:12345 --num-processes 2 --process-id 0 &
+    python -m experiments.run smoke --workdir /tmp/smoke --distributed \
+        --coordinator localhost:12345 --num-processes 2 --process-id 1
 """
 
 from __future__ import annotations
@@ -31,8 +41,42 @@ def _parse(argv):
   parser.add_argument("--no-progress", action="store_true",
                       help="no progress bar")
   parser.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() first (multi-host)")
-  return parser.parse_args(argv)
+                      help="join the other processes of a multi-process run "
+                      "(jax.distributed.initialize); the three options below "
+                      "are detected on Cloud TPU, SLURM and Open MPI")
+  parser.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="with --distributed: the address of process 0, "
+                      "where the coordination service listens")
+  parser.add_argument("--num-processes", type=int, metavar="N",
+                      help="with --distributed: how many processes take part")
+  parser.add_argument("--process-id", type=int, metavar="I",
+                      help="with --distributed: this process, 0 to N - 1")
+  args = parser.parse_args(argv)
+  given = [f"--{name.replace('_', '-')}"
+           for name in ("coordinator", "num_processes", "process_id")
+           if getattr(args, name) is not None]
+  if given and not args.distributed:
+    parser.error(f"{', '.join(given)}: only with --distributed")
+  return args
+
+
+def _join(args) -> None:
+  """Joins the processes of a multi-process run (``--distributed``).
+
+  CPU processes exchange the results of their collectives through gloo (over
+  TCP, bootstrapped by the coordination service): JAX 0.10 uses it by
+  default, older versions only when asked.  The option configures the CPU
+  client alone, so it changes nothing on TPU or GPU.
+  """
+  import jax
+
+  if jax.config.jax_cpu_collectives_implementation is None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      coordinator_address=args.coordinator,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+  )
 
 
 def main(argv=None) -> int:
@@ -45,21 +89,30 @@ def main(argv=None) -> int:
   import jax  # after argument parsing, so that --help is fast
 
   if args.distributed:
-    jax.distributed.initialize()
+    try:
+      _join(args)
+    except ValueError as error:  # e.g. nothing detected, no --coordinator
+      print(f"error: --distributed: {error} (outside Cloud TPU, SLURM and "
+            "Open MPI, give --coordinator HOST:PORT, --num-processes N and "
+            "--process-id I)", file=sys.stderr)
+      return 2
   from experiments import train
 
   workdir = args.workdir or os.path.join("runs", config.name)
   print(f"{config.name}: {config.model} on {config.dataset}, method "
         f"{config.method}, target sparsity {config.sparsity}, {config.steps} "
-        f"steps, {jax.device_count()} device(s) [{jax.default_backend()}]")
+        f"steps, {jax.device_count()} device(s) [{jax.default_backend()}]"
+        + (f", process {jax.process_index()} of {jax.process_count()}"
+           if jax.process_count() > 1 else ""))
   summary = train.train_and_evaluate(
       config, workdir, resume=args.resume, progress=not args.no_progress
   )
   print(f"final test accuracy {summary['final_test_accuracy']:.4f} "
         f"(best {summary['best_test_accuracy']:.4f}), global sparsity "
         f"{summary['global_sparsity']:.4f}, {summary['wall_time_s']:.0f} s")
-  print(f"wrote {workdir}/summary.json, {workdir}/metrics.jsonl, "
-        f"{workdir}/training.png, {workdir}/layer_sparsity.png")
+  if jax.process_index() == 0:  # the others write only checkpoints
+    print(f"wrote {workdir}/summary.json, {workdir}/metrics.jsonl, "
+          f"{workdir}/training.png, {workdir}/layer_sparsity.png")
   return 0
 
 

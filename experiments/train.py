@@ -14,10 +14,20 @@ Writes into the work directory:
 Data parallel: the batch is split over all devices along a 1-D mesh axis
 ``"data"`` and the train state is replicated, so the same code runs on one
 CPU, several (simulated) devices, a GPU or a TPU host.
+
+Several processes (``jax.distributed``, e.g. the hosts of a TPU pod slice)
+run one job: each one builds the same global batch, a pure function of the
+step, and feeds only its part of it (``data.process_part``), so that the
+devices see the batches of a one-process run.  Evaluation is split the same
+way.  Every process takes part in the checkpoints (Orbax writes each
+replicated array once; the work directory must be one folder that all
+processes see, e.g. a GCS bucket); only process 0 writes the metrics, the
+summary and the plots.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -32,6 +42,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxprune
@@ -247,9 +258,14 @@ def per_layer_sparsity(report: jaxprune.Sparsity) -> dict[str, float]:
 
 
 def evaluate(eval_step, state, split, config: Config, mesh) -> tuple[float, float]:
+  """Test loss and accuracy over the whole ``split``, on all devices.
+
+  Each process feeds its part of every batch; the sums over the batch are
+  global, so every process gets the numbers of a one-process run.
+  """
   loss_sum, correct = 0.0, 0.0
   for batch in data.eval_batches(split, config.eval_batch_size):
-    l, c = eval_step(state, data.shard(batch, mesh))
+    l, c = eval_step(state, data.shard(data.process_part(batch, mesh), mesh))
     loss_sum += float(l)
     correct += float(c)
   n = len(split.labels)
@@ -298,12 +314,40 @@ def load_checkpoint(config: Config, workdir: str | pathlib.Path,
     manager.close()
 
 
-def _truncate_log(path: pathlib.Path, after: int) -> None:
-  """Drops the records of steps past ``after``: they will be logged again."""
-  if path.exists():
-    lines = path.read_text().splitlines()
-    kept = [l for l in lines if json.loads(l)["step"] <= after]
-    path.write_text("".join(l + "\n" for l in kept))
+def _earlier_records(path: pathlib.Path, after: int) -> list[dict]:
+  """The records of a resumed run's log up to step ``after``: the later ones
+  will be logged again.  Process 0 rewrites the log with them alone, once
+  every process has read it."""
+  lines = []
+  if path.exists():  # not on another host without shared storage
+    lines = [l for l in path.read_text().splitlines()
+             if json.loads(l)["step"] <= after]
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxprune: log read")
+  if jax.process_index() == 0 and path.exists():
+    path.write_text("".join(l + "\n" for l in lines))
+  return [json.loads(l) for l in lines]
+
+
+def _load_splits(config: Config):
+  """The training and test splits.  With several processes, process 0
+  prepares the data set first; the others then find it prepared rather than
+  prepare it into the same folder at the same time (on host-local storage
+  they prepare their own copy)."""
+
+  def load():
+    return tuple(data.load(config.dataset, split, source_dir=config.source_dir,
+                           tfds_dir=config.tfds_dir)
+                 for split in ("train", "test"))
+
+  if jax.process_count() == 1:
+    return load()
+  if jax.process_index() == 0:
+    splits = load()
+  multihost_utils.sync_global_devices("jaxprune: data prepared")
+  if jax.process_index() > 0:
+    splits = load()
+  return splits
 
 
 def _initial_state(config: Config, train_split=None) -> TrainState:
@@ -330,15 +374,15 @@ def train_and_evaluate(
     progress: show a progress bar.
 
   Returns:
-    The summary, as written to ``summary.json``.
+    The summary, as process 0 writes it to ``summary.json``.  (Another
+    process that cannot read the log of a resumed run reports the best
+    accuracy of its own evaluations only.)
   """
   workdir = pathlib.Path(workdir).absolute()  # Orbax needs absolute paths
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
-  train_split = data.load(config.dataset, "train", source_dir=config.source_dir,
-                          tfds_dir=config.tfds_dir)
-  test_split = data.load(config.dataset, "test", source_dir=config.source_dir,
-                         tfds_dir=config.tfds_dir)
+  chief = jax.process_index() == 0  # writes the metrics, summary and plots
+  train_split, test_split = _load_splits(config)
   mesh = data.data_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   manager = _checkpoint_manager(workdir)
@@ -347,27 +391,32 @@ def train_and_evaluate(
   state = _initial_state(config, train_split if needs_data else None)
 
   metrics_path = workdir / "metrics.jsonl"
+  records = []
   if resuming:
     state = _restore(manager, manager.latest_step(), state)
-    _truncate_log(metrics_path, after=manager.latest_step())
-  elif metrics_path.exists():
+    records = _earlier_records(metrics_path, after=manager.latest_step())
+  elif chief and metrics_path.exists():
     metrics_path.unlink()  # a fresh run starts a fresh log
 
   train_step = jax.jit(functools.partial(_train_step, config=config),
                        donate_argnums=0, out_shardings=(replicated, replicated))
   eval_step = jax.jit(functools.partial(_eval_step, config=config))
   first = int(state.step)
-  bar = tqdm.tqdm(total=config.steps, initial=first, disable=not progress,
-                  desc=config.name, unit="step", dynamic_ncols=True)
-  with open(metrics_path, "a") as log:
+  bar = tqdm.tqdm(total=config.steps, initial=first,
+                  disable=not (progress and chief), desc=config.name,
+                  unit="step", dynamic_ncols=True)
+  with open(metrics_path, "a") if chief else contextlib.nullcontext() as log:
 
     def write(record):
-      log.write(json.dumps(record) + "\n")
-      log.flush()
+      records.append(record)
+      if chief:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
 
     for step in range(first, config.steps):
       batch = data.train_batch(train_split, config.batch_size, config.seed, step)
-      state, metrics = train_step(state, data.shard(batch, mesh))
+      batch = data.shard(data.process_part(batch, mesh), mesh)
+      state, metrics = train_step(state, batch)
       done = step + 1
       if done % config.log_every == 0 or done == config.steps:
         sparsity = float(sparsity_report(state).global_sparsity)
@@ -389,10 +438,10 @@ def train_and_evaluate(
   manager.wait_until_finished()
   manager.close()
 
-  records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
   evals = [r for r in records if r["kind"] == "eval"]
-  final = evals[-1] if evals else None
-  if final is None or final["step"] != config.steps:  # resumed at the end
+  if first < config.steps:  # the last step evaluated
+    final = evals[-1]
+  else:  # resumed at the end; every process evaluates (a collective)
     test_loss, test_accuracy = evaluate(eval_step, state, test_split, config, mesh)
     final = {"step": config.steps, "test_loss": test_loss, "test_accuracy": test_accuracy}
   best_accuracy = max([r["test_accuracy"] for r in evals] + [final["test_accuracy"]])
@@ -416,6 +465,7 @@ def train_and_evaluate(
          if config.method in methods.STRUCTURED else {}),
       "config": to_dict(config),
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  plots.write_plots(records, summary, workdir)
+  if chief:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plots.write_plots(records, summary, workdir)
   return summary

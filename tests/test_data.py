@@ -424,6 +424,22 @@ def test_shard_on_one_device():
     data.shard({"x": np.float32(1.0)}, mesh)
 
 
+
+def test_process_part_of_one_process_is_the_whole_batch():
+  # Several processes: tests/test_distributed.py.
+  mesh = data.data_mesh()
+  batch = data.train_batch(synthetic(16), 8, seed=0, step=0)
+  part = data.process_part(batch, mesh)
+  assert part.keys() == batch.keys()
+  for key in batch:
+    np.testing.assert_array_equal(part[key], batch[key])
+  with pytest.raises(ValueError, match="one common leading"):
+    data.process_part({"x": np.zeros(4), "y": np.zeros(2)}, mesh)
+  with pytest.raises(ValueError, match="one common leading"):
+    data.process_part({"x": np.float32(1.0)}, mesh)
+  with pytest.raises(ValueError, match="1-D mesh"):
+    data.process_part(batch, jax.make_mesh((1,), ("batch",)))
+
 TWO_DEVICES = textwrap.dedent("""
     import jax, numpy as np
     from experiments import data
@@ -444,6 +460,14 @@ TWO_DEVICES = textwrap.dedent("""
       data.shard({"label": np.arange(3)}, mesh)
     except ValueError as e:
       assert "divisible by the 2 devices" in str(e), e
+    else:
+      raise AssertionError("no error for 3 examples on 2 devices")
+    part = data.process_part(batch, mesh)  # one process: all of it
+    np.testing.assert_array_equal(part["label"], batch["label"])
+    try:
+      data.process_part({"label": np.arange(3)}, mesh)
+    except ValueError as e:
+      assert "does not split over the 2 devices" in str(e), e
     else:
       raise AssertionError("no error for 3 examples on 2 devices")
     print("ok")

@@ -118,6 +118,15 @@ def test_cli_rejects_a_bad_override(capsys):
   assert "unknown config field 'stepz'" in capsys.readouterr().err
 
 
+def test_cli_process_options_need_distributed(capsys):
+  # Two processes: tests/test_distributed.py.
+  with pytest.raises(SystemExit) as exit_:
+    run.main(["smoke", "--num-processes", "2", "--process-id", "1"])
+  assert exit_.value.code == 2
+  assert ("--num-processes, --process-id: only with --distributed"
+          in capsys.readouterr().err)
+
+
 def test_a_gated_run_logs_density_and_multipliers_and_resumes(data_dirs, tmp_path):
   """An L0-constrained smoke run: its gates are in the checkpoint, its
   records carry the expected density and the multiplier, and a resumed run
