@@ -43,7 +43,7 @@ def test_on_8_simulated_devices():
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_FLAG}".strip()
   result = subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+      [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
        "-k", "not test_on_8_simulated_devices", __file__],
       env=env, capture_output=True, text=True, timeout=1200,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
