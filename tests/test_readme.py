@@ -1,5 +1,6 @@
 """The README's quick start is experiments/quickstart.py, and it runs as printed."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -50,3 +51,17 @@ def test_before_training_snippet_runs_as_printed():
       text=True, timeout=300, check=True,
   )
   assert result.stdout.splitlines() == ["()", "{'hidden': 16, 'out': 3}"]
+
+
+def test_sharding_snippet_runs_as_printed_on_8_devices():
+  snippet = next(b for b in _blocks("python") if "jax.set_mesh(" in b)
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                      + " --xla_force_host_platform_device_count=8").strip()
+  result = subprocess.run(
+      [sys.executable, "-c", snippet], cwd=_ROOT, capture_output=True,
+      text=True, timeout=300, check=True, env=env,
+  )
+  spec, sparsity = result.stdout.strip().rsplit(" ", 1)
+  assert spec == "P('fsdp', None)"
+  assert float(sparsity) == round(0.9 * 1024 * 256) / (1024 * 256)
