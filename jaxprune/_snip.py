@@ -178,7 +178,8 @@ def snip_it(
       allocation, a predicate selecting nothing, masks that do not fit the
       params, a non-finite sensitivity.
   """
-  rounds = schedules.geometric_rounds(sparsity, steps)
+  rounds = schedules.geometric_rounds(
+      schedules._check_sparsity(sparsity, "sparsity"), steps)
   return _prune_in_rounds("jaxprune.snip_it", sensitivity, loss_fn, params,
                           batches, rounds, batches_per_round, allocation,
                           prunable, masks)

@@ -227,6 +227,7 @@ def snap_it(
       leave fewer units than hidden layers, non-finite scores.
   """
   norms = _check_layers(params, layers, norms, _CALLER)
+  sparsity = schedules._check_sparsity(sparsity, "sparsity")
   rounds = schedules.geometric_rounds(sparsity, steps)
   if sparsity >= 1:
     raise ValueError(f"{_CALLER}: a node sparsity of 1 removes every unit; "
