@@ -50,12 +50,33 @@ def path_string(path: Path) -> str:
   return "/".join(str(p) for p in path) or "<root>"
 
 
+def _is_bool(flag: Any) -> bool:
+  """Whether ``flag`` is a Python or numpy bool, or a 0-d boolean array."""
+  if isinstance(flag, (bool, np.bool_)):
+    return True
+  return getattr(flag, "dtype", None) == np.bool_ and np.shape(flag) == ()
+
+
 def prunable_mask(params: Any, prunable: PrunablePredicate | None) -> Any:
-  """A tree of Python bools: which leaves of ``params`` are prunable."""
+  """A tree of Python bools: which leaves of ``params`` are prunable.
+
+  Raises:
+    TypeError: if the predicate returns something else than a bool for a
+      leaf (``None``, an array of flags...), naming the leaf.
+  """
   predicate = default_prunable if prunable is None else prunable
 
   def decide(path, leaf):
-    return bool(predicate(readable_path(path), leaf))
+    path = readable_path(path)
+    flag = predicate(path, leaf)
+    if not _is_bool(flag):
+      got = (f"an array of shape {np.shape(flag)}" if np.ndim(flag)
+             else repr(flag))
+      raise TypeError(
+          f"the prunable predicate returned {got} for leaf "
+          f"{path_string(path)}; it must return True or False"
+      )
+    return bool(flag)
 
   return jax.tree_util.tree_map_with_path(decide, params)
 
