@@ -26,11 +26,14 @@ PrunablePredicate = Callable[[Path, Any], bool]
 
 
 def default_prunable(path: Path, leaf: Any) -> bool:
-  """Floating leaves with ``ndim >= 2``: the kernels of dense and conv layers."""
+  """Non-empty floating leaves with ``ndim >= 2``: the kernels of dense and
+  conv layers."""
   del path
-  return jnp.issubdtype(jnp.result_type(leaf), jnp.floating) and np.ndim(
-      leaf
-  ) >= 2
+  return bool(
+      jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+      and np.ndim(leaf) >= 2
+      and np.size(leaf) > 0
+  )
 
 
 def _key_name(entry: Any) -> Hashable:
@@ -93,7 +96,7 @@ def selected_leaves(
     verb: what is done to the leaves, for messages (``"pruned"``).
 
   Raises:
-    ValueError: if the predicate selects no leaf.
+    ValueError: if the predicate selects no leaf, or an empty leaf.
     TypeError: if a selected leaf is not floating-point.
   """
   flags = prunable_mask(params, prunable)
@@ -109,6 +112,12 @@ def selected_leaves(
         f"nothing would be {verb}; leaves: {[path_string(p) for p, _ in leaves]}"
     )
   for path, leaf in selected:
+    if np.size(leaf) == 0:
+      raise ValueError(
+          f"{caller}: leaf {path_string(path)} is empty (shape "
+          f"{np.shape(leaf)}), so nothing in it can be {verb}; leave it out "
+          "of the prunable predicate"
+      )
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
