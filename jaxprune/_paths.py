@@ -136,6 +136,7 @@ def synflow(
   Raises:
     ValueError: bad sparsity, rounds or input shape; a path sum that is not
       finite (overflow: use float64 params with ``jax_enable_x64``).
+    TypeError: a leaf of the params that is not real floating-point.
   """
   caller = "jaxprune.synflow"
   sparsity = schedules._check_sparsity(sparsity, "sparsity")
@@ -150,6 +151,7 @@ def synflow(
       lambda shapes: [
           _allocation.kept_counts(s, shapes, allocation) for s in levels],
       caller=caller)
+  _trees.check_differentiable(params, caller, real=True)
   masks = _pruning._all_kept(plan, params)
   select = jax.jit(functools.partial(
       _pruning.selected_masks, plan=plan, allocation=allocation))

@@ -127,6 +127,29 @@ def selected_leaves(
   return flags, selected
 
 
+def check_differentiable(params: Any, caller: str, real: bool = False) -> None:
+  """Raises ``TypeError`` naming the first leaf ``jax.grad`` cannot take.
+
+  For the functions that differentiate a loss with respect to the whole
+  params tree, where JAX's own error names neither the leaf nor the caller.
+
+  Args:
+    params: the parameter tree.
+    caller: the function's name, for messages (``"jaxprune.snip"``).
+    real: also refuse complex leaves.
+  """
+  kind = jnp.floating if real else jnp.inexact
+  for path, leaf in leaves_with_paths(params):
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, kind):
+      raise TypeError(
+          f"{caller}: leaf {path_string(path)} has dtype {dtype}; every leaf "
+          "of the params is differentiated, so every leaf must be "
+          f"{'real ' if real else ''}floating-point (keep integer state out "
+          "of the params, e.g. closed over by the loss or apply function)"
+      )
+
+
 def leaves_with_paths(tree: Any) -> list[tuple[Path, Any]]:
   """The leaves of ``tree`` with their readable paths, in tree order."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
