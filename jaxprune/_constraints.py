@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from jaxprune import _l0
+from jaxprune import _trees
 
 Constraint = Callable[[Any], jax.Array]
 
@@ -158,6 +159,8 @@ def dual_ascent(
       raise ValueError(
           "dual_ascent needs the params: call update(updates, state, params)"
       )
+    _trees.check_state_type(state, DualAscentState, "jaxprune.dual_ascent")
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
     values, pullback = jax.vjp(evaluate, params)
     for i, (v, m) in enumerate(zip(values, state.multipliers)):
       if v.shape != m.shape:
@@ -288,6 +291,7 @@ def l0_penalty(strength: jax.typing.ArrayLike) -> optax.GradientTransformationEx
     del extra_args
     if params is None:
       raise ValueError("l0_penalty needs the params: call update(updates, state, params)")
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
     grads = jax.grad(_l0.expected_l0, allow_int=True)(params)
     updates = jax.tree.map(
         lambda u, g: _add_gradient(u, g if _no_gradient(g) else strength * g),

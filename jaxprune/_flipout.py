@@ -454,7 +454,8 @@ def flipout(
 
   def update_fn(updates, state, params=None, **extra_args):
     _pruning._require_params(params, "flipout")
-    _trees.check_same_structure(params, updates, "the updates (gradients)")
+    _trees.check_state_type(state, FlipOutState, "jaxprune.flipout")
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
     plan = plan_for(params)
     _pruning._check_masks(params, state.masks, plan)
     _trees.check_same_structure(

@@ -219,6 +219,12 @@ def connectivity(
   _trees.check_same_structure(
       jax.tree.map(lambda _: 0, params),
       jax.tree.map(lambda _: 0, masks, is_leaf=is_none), "the masks")
+  for (path, leaf), mask in zip(_trees.leaves_with_paths(params),
+                                jax.tree.leaves(masks, is_leaf=is_none)):
+    if mask is not None and np.shape(mask) != np.shape(leaf):
+      raise ValueError(
+          f"jaxprune.connectivity: the mask of {_trees.path_string(path)} has "
+          f"shape {np.shape(mask)} but the param has shape {np.shape(leaf)}")
   paths, scores = _path_scores(apply_fn, params, masks, input_shape, True)
   effective, kept = {}, {}
   flat_masks = jax.tree.leaves(masks)  # None leaves dropped

@@ -686,7 +686,8 @@ def _projection(
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     _pruning._require_params(params, name)
-    _trees.check_same_structure(params, updates, "the updates tree")
+    _trees.check_state_type(state, ProjectionState, f"jaxprune.{name}")
+    _trees.check_same_shapes(params, updates, "the updates tree")
     flags = _selected(params, prunable, name, axis)
     _trees.check_same_structure(
         jax.tree.map(lambda flag, p: p if flag else None, flags, params),

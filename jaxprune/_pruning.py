@@ -279,7 +279,9 @@ def apply_masks(params: Any, masks: Any) -> Any:
 
 def _initial_masks(masks, params, plan: _Plan, caller: str = "jaxprune.prune"):
   """The user's initial masks, checked against the params, as bool arrays."""
-  _check_masks(params, masks, plan, what=f"the masks given to {caller}")
+  _check_masks(params, masks, plan, what=(
+      f"the masks given to {caller} (a boolean array for every prunable leaf, "
+      "None for the others)"))
   for path, mask in zip(plan.paths, _mask_leaves(masks)):
     if jnp.result_type(mask) != jnp.bool_:
       raise TypeError(
@@ -404,7 +406,8 @@ def prune(
 
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "prune")
-    _trees.check_same_structure(params, updates, "the updates (gradients)")
+    _trees.check_state_type(state, PruneState, "jaxprune.prune")
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
     plan = plan_for(params)
     _check_masks(params, state.masks, plan)
     masks, nan_scores = state.masks, state.nan_scores

@@ -165,3 +165,25 @@ def check_same_structure(expected: Any, actual: Any, what: str) -> None:
         f"{what} does not have the structure of the params.\n"
         f"  expected: {expected_def}\n  got:      {actual_def}"
     )
+
+
+def check_same_shapes(params: Any, tree: Any, what: str) -> None:
+  """Raises ``ValueError`` naming ``what`` and the leaf unless ``tree`` has
+  the structure of ``params`` and the same shape at every leaf."""
+  check_same_structure(params, tree, what)
+  for (path, p), leaf in zip(leaves_with_paths(params), jax.tree.leaves(tree)):
+    if np.shape(leaf) != np.shape(p):
+      raise ValueError(
+          f"{what} at {path_string(path)} has shape {np.shape(leaf)}, but "
+          f"the param has shape {np.shape(p)}"
+      )
+
+
+def check_state_type(state: Any, state_type: type, caller: str) -> None:
+  """Raises ``TypeError`` unless ``state`` is a ``state_type``: the state
+  given to ``update`` must be the one this transformation's ``init`` made."""
+  if not isinstance(state, state_type):
+    raise TypeError(
+        f"{caller}: update got a state of type {type(state).__name__}, not "
+        f"the {state_type.__name__} that this transformation's init makes"
+    )
