@@ -309,6 +309,13 @@ def flipout(
   The authors rank ``w**p`` (signed, wrong for odd ``p``); this ranks
   ``|w|**p``, equal for the default ``p = 2``.
 
+  NaN or inf gradients (nothing can raise inside jit) are handled as in
+  :func:`jaxprune.prune`: exact counts, NaN scores ranked last, weights
+  pruned while finite exactly 0.0, a weight that is NaN when pruned left
+  NaN; ``optax.apply_if_finite`` skips such steps.  With gradient noise, one
+  non-finite gradient entry makes its tensor's gradient RMS, and so the
+  noise of the whole tensor, non-finite.
+
   Args:
     inner: any optax transformation, e.g. ``optax.sgd(0.1, momentum=0.9)``.
     prune_every: steps between pruning events, an integer >= 1; see
@@ -390,7 +397,7 @@ def flipout(
 
   def init_fn(params):
     plan = plan_for(params)
-    _pruning._check_finite(params, plan)
+    _pruning._check_finite(params, plan, "jaxprune.flipout")
     return FlipOutState(
         step=jnp.zeros((), jnp.int32),
         masks=_pruning._all_kept(plan, params),

@@ -134,8 +134,9 @@ def synflow(
     for every prunable leaf, ``None`` for the others.
 
   Raises:
-    ValueError: bad sparsity, rounds or input shape; a path sum that is not
-      finite (overflow: use float64 params with ``jax_enable_x64``).
+    ValueError: bad sparsity, rounds or input shape; NaN or inf in a
+      prunable leaf; a path sum that is not finite (overflow: use float64
+      params with ``jax_enable_x64``).
     TypeError: a leaf of the params that is not real floating-point.
   """
   caller = "jaxprune.synflow"
@@ -152,6 +153,7 @@ def synflow(
           _allocation.kept_counts(s, shapes, allocation) for s in levels],
       caller=caller)
   _trees.check_differentiable(params, caller, real=True)
+  _pruning._check_finite(params, plan, caller)
   masks = _pruning._all_kept(plan, params)
   select = jax.jit(functools.partial(
       _pruning.selected_masks, plan=plan, allocation=allocation))
@@ -159,9 +161,10 @@ def synflow(
     paths, scores = _path_scores(apply_fn, params, masks, input_shape, False)
     if not np.isfinite(float(paths)):
       raise ValueError(
-          f"{caller}: the path sum R is {float(paths)} at round {level}; the "
-          "network's path weights overflow this dtype: use float64 params "
-          "(jax.config.update('jax_enable_x64', True))")
+          f"{caller}: the path sum R is {float(paths)} at round {level}; "
+          "either a leaf that is not pruned holds NaN or inf, or the "
+          "network's path weights overflow this dtype: then use float64 "
+          "params (jax.config.update('jax_enable_x64', True))")
     masks, _ = select(scores, masks, kept=jnp.asarray(plan.kept[level]))
   return masks
 

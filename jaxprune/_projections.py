@@ -740,6 +740,11 @@ def project_l1(
   on the part of the state you want).  ``radius`` may be injected with
   ``optax.inject_hyperparams``, including as a schedule of the step.
 
+  NaN or inf in ``p + u`` (nothing can raise inside jit): the projection
+  is not defined, and the leaf comes back with NaN in it, never
+  finite-looking: all NaN for a NaN, NaN where the infinite weight (or,
+  for the group projections, its group) was and 0 elsewhere for an inf.
+
   Zeros come from the projection alone, and a zeroed weight may come back
   at the next step.  Optimizers that move every weight by about the
   learning rate at every step (Adam and its relatives) refill the zeros,

@@ -114,15 +114,19 @@ def _plan_with(params, prunable, allocation, kept_counts,
   )
 
 
-def _check_finite(params, plan: _Plan) -> None:
+def _check_finite(params, plan: _Plan, caller: str = "jaxprune.prune") -> None:
+  """Raises ``ValueError`` naming the first prunable leaf with NaN or inf.
+
+  Traced leaves (under jit) cannot be checked and are skipped.
+  """
   for (path, leaf), flag in zip(
       _trees.leaves_with_paths(params), jax.tree.leaves(plan.prunable)
   ):
     if flag and not isinstance(leaf, jax.core.Tracer):
       if not bool(jnp.all(jnp.isfinite(leaf))):
         raise ValueError(
-            f"prunable leaf {_trees.path_string(path)} holds NaN or inf "
-            "values; pruning scores computed from it would be meaningless"
+            f"{caller}: prunable leaf {_trees.path_string(path)} holds NaN or "
+            "inf values; pruning scores computed from it would be meaningless"
         )
 
 
@@ -323,6 +327,23 @@ def prune(
     that leaves fewer weights than tensors raises at ``init``.
   - A pruned weight stays pruned.  A NaN score ranks below every real score
     and is counted in ``PruneState.nan_scores``.
+
+  NaN or inf in the gradients or scores cannot raise inside jit; what
+  happens instead:
+
+  - The masks keep the exact counts whatever the scores: NaN ranks below
+    every real score (and is counted, as above), an infinite score ranks as
+    a number.
+  - The gradients of pruned weights are replaced (not multiplied) by 0
+    before ``inner`` sees them, and their updates are ``-params``, so a
+    weight pruned while finite stays exactly 0.0, and ``inner``'s state for
+    it finite, whatever the gradients hold.
+  - A kept weight that a NaN gradient reaches becomes NaN, as under any
+    optax optimizer.  Magnitude ranks it last at the next mask update, but
+    no update can turn NaN into 0 (``NaN + u`` is NaN): it stays NaN in the
+    params after it is pruned (:func:`apply_masks` zeroes it).  To skip the
+    steps whose gradients are not finite, wrap the whole transformation:
+    ``optax.apply_if_finite(prune(...), max_consecutive_errors=...)``.
 
   Masks found before training (:func:`jaxprune.snip`,
   :func:`jaxprune.snip_it`) are kept through training with
