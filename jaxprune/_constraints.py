@@ -78,7 +78,8 @@ def _no_gradient(g: Any) -> bool:
 
 
 def _add_gradient(u: jax.Array, g: jax.Array) -> jax.Array:
-  """``u + g`` in the dtype of ``u``; integer leaves (no gradient) keep ``u``."""
+  """``u + g`` in the dtype of ``u``; an integer leaf (no gradient) keeps
+  ``u``."""
   return u if _no_gradient(g) else u + g.astype(jnp.result_type(u))
 
 

@@ -48,7 +48,8 @@ _BATCHES = [jnp.ones((2, 3))]
 
 
 def _prune(**kwargs):
-  defaults = dict(criterion=criteria.magnitude, schedule=schedules.constant(0.5))
+  defaults = dict(criterion=criteria.magnitude,
+                  schedule=schedules.constant(0.5))
   return jaxprune.prune(optax.sgd(0.1), **{**defaults, **kwargs})
 
 
@@ -126,7 +127,8 @@ _RANGE = r"sparsity must be in \[0, 1\]"
     pytest.param(lambda: jaxprune.flipout_sparsity(1.5, 2), ValueError,
                  r"rate must be in \(0, 1\)", id="flipout_sparsity"),
     pytest.param(lambda: jaxprune.density_constraint(1.5), ValueError,
-                 r"density targets must be in \(0, 1\]", id="density_constraint"),
+                 r"density targets must be in \(0, 1\]",
+                 id="density_constraint"),
     pytest.param(lambda: jaxprune.density_constraint(0.0), ValueError,
                  r"density targets must be in \(0, 1\]",
                  id="density_constraint-0"),
@@ -224,7 +226,8 @@ def test_empty_leaves_are_skipped_by_default_and_refused_when_selected():
 _INT = {**_params(), "ids": jnp.zeros((3, 3), jnp.int32)}
 _COMPLEX = {**_params(), "z": jnp.ones((2, 2), jnp.complex64)}
 _ALL_2D = lambda path, leaf: jnp.ndim(leaf) >= 2
-_EVERY_LEAF = "leaf ids has dtype int32; every leaf of the params is differentiated"
+_EVERY_LEAF = ("leaf ids has dtype int32; every leaf of the params is "
+               "differentiated")
 
 
 @pytest.mark.parametrize("fn, match", [
@@ -332,7 +335,8 @@ _GRADS_SHAPE = (r"the updates \(gradients\) at a/kernel has shape \(4, 3\), "
                  id="prune-masks-every-leaf"),
     pytest.param(_init(jaxprune.prune(optax.sgd(0.1), masks={
         **_masks(), "b": {"kernel": jnp.ones((2, 4), bool)}})), ValueError,
-                 r"the mask of b/kernel has shape \(2, 4\)", id="prune-masks-shape"),
+                 r"the mask of b/kernel has shape \(2, 4\)",
+                 id="prune-masks-shape"),
     pytest.param(_init(jaxprune.prune(optax.sgd(0.1), masks={
         **_masks(), "b": {"kernel": jnp.ones((4, 2))}})), TypeError,
                  "the initial mask of b/kernel has dtype float32",
@@ -366,7 +370,8 @@ _GRADS_SHAPE = (r"the updates \(gradients\) at a/kernel has shape \(4, 3\), "
     pytest.param(lambda: jaxprune.masks_of(_P), ValueError,
                  "masks_of found no pruning state", id="masks_of-none"),
     pytest.param(lambda: jaxprune.masks_of((_prune().init(_P),) * 2),
-                 ValueError, "masks_of found 2 pruning states", id="masks_of-two"),
+                 ValueError, "masks_of found 2 pruning states",
+                 id="masks_of-two"),
 ])
 def test_trees_that_do_not_match(fn, error, match):
   _raises(fn, error, match)
