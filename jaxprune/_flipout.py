@@ -346,7 +346,8 @@ def flipout(
       ``update``: no params, trees that do not match.
     TypeError: non-integer ``prune_every``, ``seed`` or ``max_steps``,
       non-numeric ``rate`` or ``final_sparsity``, a ``prunable`` that is not
-      callable; at ``init``: non-float prunable leaves.
+      callable; at ``init``: non-float prunable leaves; at ``update``: a
+      state that is not a :class:`FlipOutState`.
 
   References:
     Apostol, Stol and Forre, "FlipOut: Uncovering Redundant Weights via

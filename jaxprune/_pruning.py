@@ -376,7 +376,8 @@ def prune(
       empty a tensor; at ``update``: trees that do not match.
     TypeError: a schedule that is not a ``Schedule``, a criterion that is not
       callable, a non-integer seed; at ``init``: non-float prunable leaves,
-      masks that are not boolean.
+      masks that are not boolean, a predicate that returns no bool; at
+      ``update``: a state that is not a :class:`PruneState`.
   """
   _allocation.check_allocation(allocation)
   if schedule is None:
