@@ -154,9 +154,22 @@ def check_sha256(path: str | os.PathLike, expected: str) -> pathlib.Path:
     ``path`` as a :class:`pathlib.Path`.
 
   Raises:
+    ValueError: ``expected`` is not 64 hexadecimal digits (a bad argument,
+      not a bad file); upper case is accepted.
+    TypeError: ``expected`` is not a str.
     MissingFileError: there is no file at ``path``.
     ChecksumError: the file has another sha256.
   """
+  if not isinstance(expected, str):
+    raise TypeError(
+        f"expected must be a sha256 digest (a str), got {expected!r}")
+  if len(expected) != 64 or any(
+      c not in "0123456789abcdefABCDEF" for c in expected):
+    raise ValueError(
+        f"expected must be a sha256 digest of 64 hexadecimal digits, got "
+        f"{expected!r}"
+    )
+  expected = expected.lower()
   path = pathlib.Path(path)
   if not path.is_file():
     raise MissingFileError(

@@ -79,9 +79,10 @@ def erk_densities(shapes: Sequence[Shape], density: float) -> list[float]:
     dense.update(i for i in free if raw[i] == largest)
 
 
-def _pruned_in_tensor(sparsity: float, size: int) -> int:
+def _pruned_in_tensor(sparsity: float, size: int, empty: bool) -> int:
+  """``round(sparsity * size)``, at most ``size - 1`` unless ``empty``."""
   pruned = round(sparsity * size)
-  return pruned if sparsity >= 1.0 else min(pruned, size - 1)
+  return pruned if empty else min(pruned, size - 1)
 
 
 def kept_counts(
@@ -113,7 +114,11 @@ def kept_counts(
           "emptied. Lower the sparsity, or ask for 1.0 to prune everything."
       )
     return [kept]
+  # Only a target of 1 empties a tensor; an ERK density below 2**-53 would
+  # round 1 - d to 1.0.
+  empty = sparsity >= 1.0
   if allocation == "layerwise":
-    return [n - _pruned_in_tensor(sparsity, n) for n in sizes]
+    return [n - _pruned_in_tensor(sparsity, n, empty) for n in sizes]
   densities = erk_densities(shapes, 1.0 - sparsity)
-  return [n - _pruned_in_tensor(1.0 - d, n) for n, d in zip(sizes, densities)]
+  return [n - _pruned_in_tensor(1.0 - d, n, empty)
+          for n, d in zip(sizes, densities)]

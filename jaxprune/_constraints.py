@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from jaxprune import _l0
+from jaxprune import _trees
 
 Constraint = Callable[[Any], jax.Array]
 
@@ -69,6 +70,17 @@ class DualAscentState(NamedTuple):
   def violations(self) -> tuple[jax.Array, ...]:
     """``max(g_k, 0)``: by how much each constraint was violated."""
     return tuple(jnp.maximum(v, 0.0) for v in self.values)
+
+
+def _no_gradient(g: Any) -> bool:
+  """Whether ``g`` is JAX's gradient of an integer leaf (dtype ``float0``)."""
+  return getattr(g, "dtype", None) == jax.dtypes.float0
+
+
+def _add_gradient(u: jax.Array, g: jax.Array) -> jax.Array:
+  """``u + g`` in the dtype of ``u``; an integer leaf (no gradient) keeps
+  ``u``."""
+  return u if _no_gradient(g) else u + g.astype(jnp.result_type(u))
 
 
 def _as_constraints(constraints) -> tuple[Constraint, ...]:
@@ -108,7 +120,9 @@ def dual_ascent(
      met instead of overshooting while ``lambda`` decays.
 
   A multiplier whose constraint value is NaN or infinite keeps its previous
-  value (the value is still recorded in the state, for logging).
+  value (the value is still recorded in the state, for logging).  Integer
+  leaves of the params (a step counter, say) have no gradient: their
+  updates pass through unchanged.
 
   Args:
     constraints: a function ``params -> values`` or a sequence of them;
@@ -146,6 +160,8 @@ def dual_ascent(
       raise ValueError(
           "dual_ascent needs the params: call update(updates, state, params)"
       )
+    _trees.check_state_type(state, DualAscentState, "jaxprune.dual_ascent")
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
     values, pullback = jax.vjp(evaluate, params)
     for i, (v, m) in enumerate(zip(values, state.multipliers)):
       if v.shape != m.shape:
@@ -156,9 +172,7 @@ def dual_ascent(
     (constraint_grads,) = pullback(
         tuple(m.astype(v.dtype) for m, v in zip(state.multipliers, values))
     )
-    updates = jax.tree.map(
-        lambda u, g: u + g.astype(jnp.result_type(u)), updates, constraint_grads
-    )
+    updates = jax.tree.map(_add_gradient, updates, constraint_grads)
     multipliers = []
     for m, v in zip(state.multipliers, values):
       v = v.astype(jnp.float32)
@@ -278,9 +292,11 @@ def l0_penalty(strength: jax.typing.ArrayLike) -> optax.GradientTransformationEx
     del extra_args
     if params is None:
       raise ValueError("l0_penalty needs the params: call update(updates, state, params)")
-    grads = jax.grad(_l0.expected_l0)(params)
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
+    grads = jax.grad(_l0.expected_l0, allow_int=True)(params)
     updates = jax.tree.map(
-        lambda u, g: u + (strength * g).astype(jnp.result_type(u)), updates, grads
+        lambda u, g: _add_gradient(u, g if _no_gradient(g) else strength * g),
+        updates, grads,
     )
     return updates, state
 

@@ -309,6 +309,13 @@ def flipout(
   The authors rank ``w**p`` (signed, wrong for odd ``p``); this ranks
   ``|w|**p``, equal for the default ``p = 2``.
 
+  NaN or inf gradients (nothing can raise inside jit) are handled as in
+  :func:`jaxprune.prune`: exact counts, NaN scores ranked last, weights
+  pruned while finite exactly 0.0, a weight that is NaN when pruned left
+  NaN; ``optax.apply_if_finite`` skips such steps.  With gradient noise, one
+  non-finite gradient entry makes its tensor's gradient RMS, and so the
+  noise of the whole tensor, non-finite.
+
   Args:
     inner: any optax transformation, e.g. ``optax.sgd(0.1, momentum=0.9)``.
     prune_every: steps between pruning events, an integer >= 1; see
@@ -339,7 +346,8 @@ def flipout(
       ``update``: no params, trees that do not match.
     TypeError: non-integer ``prune_every``, ``seed`` or ``max_steps``,
       non-numeric ``rate`` or ``final_sparsity``, a ``prunable`` that is not
-      callable; at ``init``: non-float prunable leaves.
+      callable; at ``init``: non-float prunable leaves; at ``update``: a
+      state that is not a :class:`FlipOutState`.
 
   References:
     Apostol, Stol and Forre, "FlipOut: Uncovering Redundant Weights via
@@ -390,7 +398,7 @@ def flipout(
 
   def init_fn(params):
     plan = plan_for(params)
-    _pruning._check_finite(params, plan)
+    _pruning._check_finite(params, plan, "jaxprune.flipout")
     return FlipOutState(
         step=jnp.zeros((), jnp.int32),
         masks=_pruning._all_kept(plan, params),
@@ -454,7 +462,8 @@ def flipout(
 
   def update_fn(updates, state, params=None, **extra_args):
     _pruning._require_params(params, "flipout")
-    _trees.check_same_structure(params, updates, "the updates (gradients)")
+    _trees.check_state_type(state, FlipOutState, "jaxprune.flipout")
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
     plan = plan_for(params)
     _pruning._check_masks(params, state.masks, plan)
     _trees.check_same_structure(

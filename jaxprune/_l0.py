@@ -478,6 +478,7 @@ def clip_log_alpha(
     del extra_args
     if params is None:
       raise ValueError("clip_log_alpha needs the params: call update(updates, state, params)")
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
     gates = _gates_or_raise(params, "clip_log_alpha")
     for gate in gates:
       key = gate_key(gate.name)

@@ -134,8 +134,10 @@ def synflow(
     for every prunable leaf, ``None`` for the others.
 
   Raises:
-    ValueError: bad sparsity, rounds or input shape; a path sum that is not
-      finite (overflow: use float64 params with ``jax_enable_x64``).
+    ValueError: bad sparsity, rounds or input shape; NaN or inf in a
+      prunable leaf; a path sum that is not finite (overflow: use float64
+      params with ``jax_enable_x64``).
+    TypeError: a leaf of the params that is not real floating-point.
   """
   caller = "jaxprune.synflow"
   sparsity = schedules._check_sparsity(sparsity, "sparsity")
@@ -150,6 +152,8 @@ def synflow(
       lambda shapes: [
           _allocation.kept_counts(s, shapes, allocation) for s in levels],
       caller=caller)
+  _trees.check_differentiable(params, caller, real=True)
+  _pruning._check_finite(params, plan, caller)
   masks = _pruning._all_kept(plan, params)
   select = jax.jit(functools.partial(
       _pruning.selected_masks, plan=plan, allocation=allocation))
@@ -157,9 +161,10 @@ def synflow(
     paths, scores = _path_scores(apply_fn, params, masks, input_shape, False)
     if not np.isfinite(float(paths)):
       raise ValueError(
-          f"{caller}: the path sum R is {float(paths)} at round {level}; the "
-          "network's path weights overflow this dtype: use float64 params "
-          "(jax.config.update('jax_enable_x64', True))")
+          f"{caller}: the path sum R is {float(paths)} at round {level}; "
+          "either a leaf that is not pruned holds NaN or inf, or the "
+          "network's path weights overflow this dtype: then use float64 "
+          "params (jax.config.update('jax_enable_x64', True))")
     masks, _ = select(scores, masks, kept=jnp.asarray(plan.kept[level]))
   return masks
 
@@ -217,6 +222,12 @@ def connectivity(
   _trees.check_same_structure(
       jax.tree.map(lambda _: 0, params),
       jax.tree.map(lambda _: 0, masks, is_leaf=is_none), "the masks")
+  for (path, leaf), mask in zip(_trees.leaves_with_paths(params),
+                                jax.tree.leaves(masks, is_leaf=is_none)):
+    if mask is not None and np.shape(mask) != np.shape(leaf):
+      raise ValueError(
+          f"jaxprune.connectivity: the mask of {_trees.path_string(path)} has "
+          f"shape {np.shape(mask)} but the param has shape {np.shape(leaf)}")
   paths, scores = _path_scores(apply_fn, params, masks, input_shape, True)
   effective, kept = {}, {}
   flat_masks = jax.tree.leaves(masks)  # None leaves dropped

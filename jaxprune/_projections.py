@@ -688,7 +688,8 @@ def _projection(
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     _pruning._require_params(params, name)
-    _trees.check_same_structure(params, updates, "the updates tree")
+    _trees.check_state_type(state, ProjectionState, f"jaxprune.{name}")
+    _trees.check_same_shapes(params, updates, "the updates tree")
     flags = _selected(params, prunable, name, axis)
     _trees.check_same_structure(
         jax.tree.map(lambda flag, p: p if flag else None, flags, params),
@@ -740,6 +741,11 @@ def project_l1(
   project(5.0, prunable=is_rest))`` (then call :func:`jaxprune.masks_of`
   on the part of the state you want).  ``radius`` may be injected with
   ``optax.inject_hyperparams``, including as a schedule of the step.
+
+  NaN or inf in ``p + u`` (nothing can raise inside jit): the projection
+  is not defined, and the leaf comes back with NaN in it, never
+  finite-looking: all NaN for a NaN, NaN where the infinite weight (or,
+  for the group projections, its group) was and 0 elsewhere for an inf.
 
   Zeros come from the projection alone, and a zeroed weight may come back
   at the next step.  Optimizers that move every weight by about the

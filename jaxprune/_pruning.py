@@ -115,15 +115,19 @@ def _plan_with(params, prunable, allocation, kept_counts,
   )
 
 
-def _check_finite(params, plan: _Plan) -> None:
+def _check_finite(params, plan: _Plan, caller: str = "jaxprune.prune") -> None:
+  """Raises ``ValueError`` naming the first prunable leaf with NaN or inf.
+
+  Traced leaves (under jit) cannot be checked and are skipped.
+  """
   for (path, leaf), flag in zip(
       _trees.leaves_with_paths(params), jax.tree.leaves(plan.prunable)
   ):
     if flag and not isinstance(leaf, jax.core.Tracer):
       if not bool(jnp.all(jnp.isfinite(leaf))):
         raise ValueError(
-            f"prunable leaf {_trees.path_string(path)} holds NaN or inf "
-            "values; pruning scores computed from it would be meaningless"
+            f"{caller}: prunable leaf {_trees.path_string(path)} holds NaN or "
+            "inf values; pruning scores computed from it would be meaningless"
         )
 
 
@@ -280,7 +284,9 @@ def apply_masks(params: Any, masks: Any) -> Any:
 
 def _initial_masks(masks, params, plan: _Plan, caller: str = "jaxprune.prune"):
   """The user's initial masks, checked against the params, as bool arrays."""
-  _check_masks(params, masks, plan, what=f"the masks given to {caller}")
+  _check_masks(params, masks, plan, what=(
+      f"the masks given to {caller} (a boolean array for every prunable leaf, "
+      "None for the others)"))
   for path, mask in zip(plan.paths, _mask_leaves(masks)):
     if jnp.result_type(mask) != jnp.bool_:
       raise TypeError(
@@ -325,6 +331,23 @@ def prune(
   - A pruned weight stays pruned.  A NaN score ranks below every real score
     and is counted in ``PruneState.nan_scores``.
 
+  NaN or inf in the gradients or scores cannot raise inside jit; what
+  happens instead:
+
+  - The masks keep the exact counts whatever the scores: NaN ranks below
+    every real score (and is counted, as above), an infinite score ranks as
+    a number.
+  - The gradients of pruned weights are replaced (not multiplied) by 0
+    before ``inner`` sees them, and their updates are ``-params``, so a
+    weight pruned while finite stays exactly 0.0, and ``inner``'s state for
+    it finite, whatever the gradients hold.
+  - A kept weight that a NaN gradient reaches becomes NaN, as under any
+    optax optimizer.  Magnitude ranks it last at the next mask update, but
+    no update can turn NaN into 0 (``NaN + u`` is NaN): it stays NaN in the
+    params after it is pruned (:func:`apply_masks` zeroes it).  To skip the
+    steps whose gradients are not finite, wrap the whole transformation:
+    ``optax.apply_if_finite(prune(...), max_consecutive_errors=...)``.
+
   Masks found before training (:func:`jaxprune.snip`,
   :func:`jaxprune.snip_it`) are kept through training with
   ``prune(inner, masks=masks)`` (no schedule: they never change), or refined
@@ -356,7 +379,8 @@ def prune(
       empty a tensor; at ``update``: trees that do not match.
     TypeError: a schedule that is not a ``Schedule``, a criterion that is not
       callable, a non-integer seed; at ``init``: non-float prunable leaves,
-      masks that are not boolean.
+      masks that are not boolean, a predicate that returns no bool; at
+      ``update``: a state that is not a :class:`PruneState`.
   """
   _allocation.check_allocation(allocation)
   if schedule is None:
@@ -407,7 +431,8 @@ def prune(
 
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "prune")
-    _trees.check_same_structure(params, updates, "the updates (gradients)")
+    _trees.check_state_type(state, PruneState, "jaxprune.prune")
+    _trees.check_same_shapes(params, updates, "the updates (gradients)")
     plan = plan_for(params)
     _check_masks(params, state.masks, plan)
     masks, nan_scores = state.masks, state.nan_scores

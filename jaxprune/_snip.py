@@ -176,9 +176,13 @@ def snip_it(
   Raises:
     ValueError: a sparsity outside ``[0, 1]``, no batches, an unknown
       allocation, a predicate selecting nothing, masks that do not fit the
-      params, a non-finite sensitivity.
+      params, NaN or inf in a prunable leaf, a non-finite sensitivity.
+    TypeError: a leaf of the params that is not floating-point (the loss is
+      differentiated with respect to every leaf), masks that are not
+      boolean.
   """
-  rounds = schedules.geometric_rounds(sparsity, steps)
+  rounds = schedules.geometric_rounds(
+      schedules._check_sparsity(sparsity, "sparsity"), steps)
   return _prune_in_rounds("jaxprune.snip_it", sensitivity, loss_fn, params,
                           batches, rounds, batches_per_round, allocation,
                           prunable, masks)
@@ -319,6 +323,8 @@ def _prune_in_rounds(caller, score_fn, loss_fn, params, batches, rounds,
       ],
       caller=caller,
   )
+  _trees.check_differentiable(params, caller)
+  _pruning._check_finite(params, plan, caller)
   round_batches = _round_batches(batches, batches_per_round, caller)
   if masks is None:
     masks = _pruning._all_kept(plan, params)

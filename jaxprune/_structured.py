@@ -67,6 +67,7 @@ import numpy as np
 from jaxprune import _allocation
 from jaxprune import _pruning
 from jaxprune import _snip
+from jaxprune import _trees
 from jaxprune import schedules
 
 _CALLER = "jaxprune.snap_it"
@@ -225,8 +226,11 @@ def snap_it(
   Raises:
     ValueError: bad sparsity or layers, no batches, a sparsity that would
       leave fewer units than hidden layers, non-finite scores.
+    TypeError: a leaf of the params that is not floating-point.
   """
   norms = _check_layers(params, layers, norms, _CALLER)
+  _trees.check_differentiable(params, _CALLER)
+  sparsity = schedules._check_sparsity(sparsity, "sparsity")
   rounds = schedules.geometric_rounds(sparsity, steps)
   if sparsity >= 1:
     raise ValueError(f"{_CALLER}: a node sparsity of 1 removes every unit; "

@@ -26,11 +26,14 @@ PrunablePredicate = Callable[[Path, Any], bool]
 
 
 def default_prunable(path: Path, leaf: Any) -> bool:
-  """Floating leaves with ``ndim >= 2``: the kernels of dense and conv layers."""
+  """Non-empty floating leaves with ``ndim >= 2``: the kernels of dense and
+  conv layers."""
   del path
-  return jnp.issubdtype(jnp.result_type(leaf), jnp.floating) and np.ndim(
-      leaf
-  ) >= 2
+  return bool(
+      jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+      and np.ndim(leaf) >= 2
+      and np.size(leaf) > 0
+  )
 
 
 def _key_name(entry: Any) -> Hashable:
@@ -50,12 +53,33 @@ def path_string(path: Path) -> str:
   return "/".join(str(p) for p in path) or "<root>"
 
 
+def _is_bool(flag: Any) -> bool:
+  """Whether ``flag`` is a Python or numpy bool, or a 0-d boolean array."""
+  if isinstance(flag, (bool, np.bool_)):
+    return True
+  return getattr(flag, "dtype", None) == np.bool_ and np.shape(flag) == ()
+
+
 def prunable_mask(params: Any, prunable: PrunablePredicate | None) -> Any:
-  """A tree of Python bools: which leaves of ``params`` are prunable."""
+  """A tree of Python bools: which leaves of ``params`` are prunable.
+
+  Raises:
+    TypeError: if the predicate returns something else than a bool for a
+      leaf (``None``, an array of flags...), naming the leaf.
+  """
   predicate = default_prunable if prunable is None else prunable
 
   def decide(path, leaf):
-    return bool(predicate(readable_path(path), leaf))
+    path = readable_path(path)
+    flag = predicate(path, leaf)
+    if not _is_bool(flag):
+      got = (f"an array of shape {np.shape(flag)}" if np.ndim(flag)
+             else repr(flag))
+      raise TypeError(
+          f"the prunable predicate returned {got} for leaf "
+          f"{path_string(path)}; it must return True or False"
+      )
+    return bool(flag)
 
   return jax.tree_util.tree_map_with_path(decide, params)
 
@@ -72,7 +96,7 @@ def selected_leaves(
     verb: what is done to the leaves, for messages (``"pruned"``).
 
   Raises:
-    ValueError: if the predicate selects no leaf.
+    ValueError: if the predicate selects no leaf, or an empty leaf.
     TypeError: if a selected leaf is not floating-point.
   """
   flags = prunable_mask(params, prunable)
@@ -88,6 +112,12 @@ def selected_leaves(
         f"nothing would be {verb}; leaves: {[path_string(p) for p, _ in leaves]}"
     )
   for path, leaf in selected:
+    if np.size(leaf) == 0:
+      raise ValueError(
+          f"{caller}: leaf {path_string(path)} is empty (shape "
+          f"{np.shape(leaf)}), so nothing in it can be {verb}; leave it out "
+          "of the prunable predicate"
+      )
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
@@ -95,6 +125,29 @@ def selected_leaves(
           f"floating-point leaves can be {verb}"
       )
   return flags, selected
+
+
+def check_differentiable(params: Any, caller: str, real: bool = False) -> None:
+  """Raises ``TypeError`` naming the first leaf ``jax.grad`` cannot take.
+
+  For the functions that differentiate a loss with respect to the whole
+  params tree, where JAX's own error names neither the leaf nor the caller.
+
+  Args:
+    params: the parameter tree.
+    caller: the function's name, for messages (``"jaxprune.snip"``).
+    real: also refuse complex leaves.
+  """
+  kind = jnp.floating if real else jnp.inexact
+  for path, leaf in leaves_with_paths(params):
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, kind):
+      raise TypeError(
+          f"{caller}: leaf {path_string(path)} has dtype {dtype}; every leaf "
+          "of the params is differentiated, so every leaf must be "
+          f"{'real ' if real else ''}floating-point (keep integer state out "
+          "of the params, e.g. closed over by the loss or apply function)"
+      )
 
 
 def leaves_with_paths(tree: Any) -> list[tuple[Path, Any]]:
@@ -111,4 +164,26 @@ def check_same_structure(expected: Any, actual: Any, what: str) -> None:
     raise ValueError(
         f"{what} does not have the structure of the params.\n"
         f"  expected: {expected_def}\n  got:      {actual_def}"
+    )
+
+
+def check_same_shapes(params: Any, tree: Any, what: str) -> None:
+  """Raises ``ValueError`` naming ``what`` and the leaf unless ``tree`` has
+  the structure of ``params`` and the same shape at every leaf."""
+  check_same_structure(params, tree, what)
+  for (path, p), leaf in zip(leaves_with_paths(params), jax.tree.leaves(tree)):
+    if np.shape(leaf) != np.shape(p):
+      raise ValueError(
+          f"{what} at {path_string(path)} has shape {np.shape(leaf)}, but "
+          f"the param has shape {np.shape(p)}"
+      )
+
+
+def check_state_type(state: Any, state_type: type, caller: str) -> None:
+  """Raises ``TypeError`` unless ``state`` is a ``state_type``: the state
+  given to ``update`` must be the one this transformation's ``init`` made."""
+  if not isinstance(state, state_type):
+    raise TypeError(
+        f"{caller}: update got a state of type {type(state).__name__}, not "
+        f"the {state_type.__name__} that this transformation's init makes"
     )

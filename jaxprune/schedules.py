@@ -53,6 +53,38 @@ class Schedule:
   steps: tuple[int, ...]
   sparsities: tuple[float, ...]
 
+  def __post_init__(self):
+    """Checks the fields, for a schedule built directly rather than by the
+    functions below (which check their own arguments first).
+
+    Raises:
+      ValueError: lengths that differ, steps that are negative or not
+        strictly increasing, a sparsity outside ``[0, 1]`` (or NaN), or
+        sparsities that do not strictly increase.
+      TypeError: a step that is not an integer or a sparsity that is not a
+        real number.
+    """
+    steps = tuple(_check_step(s, "Schedule step") for s in self.steps)
+    sparsities = tuple(
+        _check_sparsity(s, "Schedule sparsity") for s in self.sparsities
+    )
+    if len(steps) != len(sparsities):
+      raise ValueError(
+          f"Schedule got {len(steps)} steps but {len(sparsities)} sparsities"
+      )
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+      raise ValueError(
+          f"Schedule steps must be strictly increasing, got {list(steps)}"
+      )
+    if any(b <= a for a, b in zip(sparsities, sparsities[1:])):
+      raise ValueError(
+          "Schedule sparsities must strictly increase (a pruned weight stays "
+          f"pruned, and a repeated level would update no mask), got "
+          f"{list(sparsities)}"
+      )
+    object.__setattr__(self, "steps", steps)
+    object.__setattr__(self, "sparsities", sparsities)
+
   def level(self, step: jax.typing.ArrayLike) -> jax.Array:
     """Index of the level in force at ``step``; -1 before the first one."""
     if not self.steps:

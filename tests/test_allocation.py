@@ -67,6 +67,13 @@ def test_erk_counts_round_each_tensor():
     assert k == n - min(round((1 - d) * n), n - 1)
 
 
+def test_erk_never_empties_a_tensor_below_sparsity_one():
+  # At 1 - 2**-53 the large tensor's density is 4e-18, and 1 - d is 1.0.
+  shapes = [(100, 100), (9999, 1)]
+  assert _allocation.kept_counts(1 - 2**-53, shapes, "erk") == [1, 1]
+  assert _allocation.kept_counts(1.0, shapes, "erk") == [0, 0]
+
+
 def test_layout():
   assert _allocation.group_layout(_SHAPES, "global") == (
       (0, 0, 0, 0), (sum(math.prod(s) for s in _SHAPES),)
