@@ -300,10 +300,13 @@ def _digest(state: TrainState) -> dict[str, str]:
 
 
 def _save(manager, step: int, state: TrainState) -> None:
-  manager.save(step, args=ocp.args.Composite(
+  saved = manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       digest=ocp.args.JsonSave(_digest(state)),
   ))
+  if not saved:  # Orbax skips, silently, a step not past its latest one
+    raise RuntimeError(f"the checkpoint of step {step} was not written: "
+                       f"{manager.directory} holds step {manager.latest_step()}")
 
 
 def _first_line(error: Exception, limit: int = 200) -> str:
@@ -482,8 +485,14 @@ def train_and_evaluate(
   if resuming:
     state = _restore_newest_good(manager, state, workdir)
     _truncate_log(metrics_path, after=int(state.step))
-  elif metrics_path.exists():
-    metrics_path.unlink()  # a fresh run starts a fresh log
+  else:  # a fresh run starts a fresh log and fresh checkpoints
+    metrics_path.unlink(missing_ok=True)
+    if steps := manager.all_steps():
+      print(f"warning: a fresh run: deleting the checkpoints of steps "
+            f"{list(steps)} in {manager.directory} (--resume continues from "
+            "them)", file=sys.stderr)
+      for step in steps:
+        manager.delete(step)
 
   train_step = jax.jit(functools.partial(_train_step, config=config),
                        donate_argnums=0, out_shardings=(replicated, replicated))

@@ -161,3 +161,16 @@ def test_a_checkpoint_without_digest_restores_unchecked(data_dirs, tmp_path):
   with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
     manager.save(0, args=ocp.args.StandardSave(state))
   _assert_same(train.load_checkpoint(config, tmp_path), state)
+
+
+def test_a_fresh_run_deletes_the_checkpoints_of_an_earlier_one(
+    data_dirs, reference, tmp_path, capsys):
+  """Left in place, they would hide its own: Orbax writes no step at or
+  below the latest one on disk."""
+  workdir = _copy(reference, tmp_path)
+  config = config_lib.apply_overrides(_config(data_dirs), ["steps=2"])
+  train.train_and_evaluate(config, workdir, progress=False)
+  assert ("warning: a fresh run: deleting the checkpoints of steps [22, 24] in "
+          f"{workdir / 'checkpoints'}") in capsys.readouterr().err
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
+  assert int(train.load_checkpoint(config, workdir).step) == 2
