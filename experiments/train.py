@@ -350,8 +350,9 @@ def _restore(manager, step: int, like: TrainState) -> TrainState:
                      if saved.get(k) != found.get(k))
               if isinstance(saved, dict) else ["the digest itself"])
     raise CheckpointError(
-        path, step, "a file is garbled: its arrays do not match the sha256 "
-        f"saved with them ({len(differ)} differ: {', '.join(differ[:3])}"
+        path, step, "a file is garbled (or the checkpoint is of another "
+        "config): its arrays do not match the sha256 saved with them "
+        f"({len(differ)} differ: {', '.join(differ[:3])}"
         f"{', ...' if len(differ) > 3 else ''})")
   return restored.state
 
