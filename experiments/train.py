@@ -9,7 +9,10 @@ Writes into the work directory:
 - ``summary.json``: final and best test accuracy, sparsity (global and per
   layer), steps, wall time and the config;
 - ``training.png`` and ``layer_sparsity.png`` (see ``experiments.plots``);
-- ``checkpoints/``: Orbax checkpoints of the whole train state.
+- ``checkpoints/``: Orbax checkpoints of the whole train state, each with
+  the sha256 of every array, checked when it is restored (see
+  :func:`load_checkpoint`); ``bad_checkpoints/``: those that a resumed run
+  found corrupt and set aside.
 
 Data parallel: the batch is split over all devices along a 1-D mesh axis
 ``"data"`` and the train state is replicated, so the same code runs on one
@@ -29,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -272,17 +277,137 @@ def evaluate(eval_step, state, split, config: Config, mesh) -> tuple[float, floa
   return loss_sum / n, correct / n
 
 
+class CheckpointError(ValueError):
+  """A checkpoint does not restore: corrupt, incomplete, or of another config.
+
+  Attributes:
+    path: the checkpoint's directory (or the directory of all of them).
+    step: its step (None for all of them).
+  """
+
+  def __init__(self, path: pathlib.Path, step: int | None, problem: str):
+    where = f"{path}" if step is None else f"checkpoint of step {step} at {path}"
+    super().__init__(f"{where} does not restore: {problem}")
+    self.path, self.step = path, step
+
+
 def _checkpoint_manager(workdir: pathlib.Path):
   options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
   return ocp.CheckpointManager(workdir / "checkpoints", options=options)
 
 
+def _step_path(manager, step: int) -> pathlib.Path:
+  return pathlib.Path(manager.directory) / str(step)
+
+
+def _digest(state: TrainState) -> dict[str, str]:
+  """The sha256 of every array of ``state`` (dtype, shape and bytes of this
+  process's copy), by key path.  Orbax stores no checksum of the data, so a
+  garbled file would otherwise restore as different numbers."""
+  digest = {}
+  for path, leaf in jax.tree.leaves_with_path(state):
+    if isinstance(leaf, jax.Array):
+      leaf = leaf.addressable_data(0)  # the state is replicated
+    array = np.ascontiguousarray(leaf)
+    sha = hashlib.sha256(f"{array.dtype} {array.shape} ".encode())
+    sha.update(array.data)
+    digest[jax.tree_util.keystr(path)] = sha.hexdigest()
+  return digest
+
+
+def _save(manager, step: int, state: TrainState) -> None:
+  saved = manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      digest=ocp.args.JsonSave(_digest(state)),
+  ))
+  if not saved:  # Orbax skips, silently, a step not past its latest one
+    raise RuntimeError(f"the checkpoint of step {step} was not written: "
+                       f"{manager.directory} holds step {manager.latest_step()}")
+
+
+def _first_line(error: Exception, limit: int = 200) -> str:
+  text = (str(error).strip().splitlines() or [""])[0]
+  text = text.split(" See full TensorStore details")[0]  # a long spec follows
+  text = text if len(text) <= limit else text[:limit] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _restore(manager, step: int, like: TrainState) -> TrainState:
-  """The state saved at ``step``, with the shapes and shardings of ``like``."""
+  """The state saved at ``step``, with the shapes and shardings of ``like``,
+  checked against the digest saved with it.
+
+  Raises:
+    CheckpointError: the checkpoint is missing, does not read, or its arrays
+      differ from its digest.
+  """
+  path = _step_path(manager, step)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
   )
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  if (path / "default").is_dir() and not (path / "state").exists():
+    # Written before checkpoints carried digests: restored unchecked.
+    try:
+      with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path / "default", abstract)
+    except Exception as error:  # Orbax and TensorStore raise many types
+      raise CheckpointError(path, step, _first_line(error)) from error
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        digest=ocp.args.JsonRestore(),
+    ))
+  except Exception as error:  # Orbax and TensorStore raise many types
+    raise CheckpointError(
+        path, step, "a file is missing, cut short or garbled, or the "
+        f"checkpoint is of another config ({_first_line(error)})") from error
+  saved, found = restored.digest, _digest(restored.state)
+  if not isinstance(saved, dict) or saved != found:
+    differ = (sorted(k for k in saved.keys() | found.keys()
+                     if saved.get(k) != found.get(k))
+              if isinstance(saved, dict) else ["the digest itself"])
+    raise CheckpointError(
+        path, step, "a file is garbled (or the checkpoint is of another "
+        "config): its arrays do not match the sha256 saved with them "
+        f"({len(differ)} differ: {', '.join(differ[:3])}"
+        f"{', ...' if len(differ) > 3 else ''})")
+  return restored.state
+
+
+def _restore_newest_good(manager, like: TrainState, workdir: pathlib.Path):
+  """The newest checkpoint that restores.
+
+  Each newer one that does not is named in a warning and, once a good one is
+  found, moved to ``workdir/bad_checkpoints`` (left in place, Orbax would
+  skip the new checkpoints of its step and of the steps before it).
+
+  Raises:
+    CheckpointError: no checkpoint restores (then nothing is moved).
+  """
+  bad = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = _restore(manager, step, like)
+    except CheckpointError as error:
+      print(f"warning: {error}; trying the one before", file=sys.stderr)
+      bad.append(error)
+      continue
+    for error in bad if jax.process_index() == 0 else ():
+      target = workdir / "bad_checkpoints" / str(error.step)
+      for n in itertools.count(1):  # keep earlier ones of the same step
+        if not target.exists():
+          break
+        target = target.with_name(f"{error.step}.{n}")
+      target.parent.mkdir(exist_ok=True)
+      error.path.rename(target)
+      print(f"warning: moved the checkpoint of step {error.step} to {target}; "
+            f"resuming from step {step}", file=sys.stderr)
+    if bad and jax.process_count() > 1:  # every process sees them moved
+      multihost_utils.sync_global_devices("jaxprune: bad checkpoints moved")
+    manager.reload()
+    return state
+  problems = "; ".join(str(error) for error in bad)
+  raise CheckpointError(pathlib.Path(manager.directory), None,
+                        f"none of its checkpoints does ({problems})")
 
 
 def load_checkpoint(config: Config, workdir: str | pathlib.Path,
@@ -290,38 +415,51 @@ def load_checkpoint(config: Config, workdir: str | pathlib.Path,
   """The train state of a run's checkpoint (the latest one by default).
 
   Checkpoints written on any number of devices load on the devices of this
-  process, replicated.
+  process, replicated.  Every array is checked against the sha256 saved
+  with it.
 
   Example::
 
     state = train.load_checkpoint(config.resolve("lenet300_mnist"),
                                   "runs/lenet300_mnist")
     state.params, state.masks
+
+  Raises:
+    FileNotFoundError: no checkpoint (of this step) in ``workdir``.
+    CheckpointError: the checkpoint is corrupt, incomplete or of another
+      config; the message names its path and step.
   """
   workdir = pathlib.Path(workdir).absolute()
   manager = _checkpoint_manager(workdir)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-  split = None
-  if config.method in methods.STRUCTURED:  # the shapes depend on the data
-    split = data.load(config.dataset, "train", source_dir=config.source_dir,
-                      tfds_dir=config.tfds_dir)
-  like = _initial_state(config, split)
   try:
-    return _restore(manager, step, like)
+    steps = manager.all_steps()
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in "
+                              f"{workdir / 'checkpoints'} (steps: {list(steps)})")
+    split = None
+    if config.method in methods.STRUCTURED:  # the shapes depend on the data
+      split = data.load(config.dataset, "train", source_dir=config.source_dir,
+                        tfds_dir=config.tfds_dir)
+    return _restore(manager, step, _initial_state(config, split))
   finally:
     manager.close()
 
 
 def _earlier_records(path: pathlib.Path, after: int) -> list[dict]:
   """The records of a resumed run's log up to step ``after``: the later ones
-  will be logged again.  Process 0 rewrites the log with them alone, once
-  every process has read it."""
+  will be logged again, and a last line that a kill cut short is dropped.
+  Process 0 rewrites the log with them alone, once every process has read
+  it."""
   lines = []
   if path.exists():  # not on another host without shared storage
-    lines = [l for l in path.read_text().splitlines()
-             if json.loads(l)["step"] <= after]
+    text = path.read_text()
+    lines = text.splitlines()
+    if not text.endswith("\n"):
+      lines = lines[:-1]
+    lines = [l for l in lines if json.loads(l)["step"] <= after]
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxprune: log read")
   if jax.process_index() == 0 and path.exists():
@@ -393,10 +531,18 @@ def train_and_evaluate(
   metrics_path = workdir / "metrics.jsonl"
   records = []
   if resuming:
-    state = _restore(manager, manager.latest_step(), state)
-    records = _earlier_records(metrics_path, after=manager.latest_step())
-  elif chief and metrics_path.exists():
-    metrics_path.unlink()  # a fresh run starts a fresh log
+    state = _restore_newest_good(manager, state, workdir)
+    records = _earlier_records(metrics_path, after=int(state.step))
+  else:  # a fresh run starts a fresh log and fresh checkpoints
+    if chief:
+      metrics_path.unlink(missing_ok=True)
+    if steps := manager.all_steps():
+      if chief:
+        print(f"warning: a fresh run: deleting the checkpoints of steps "
+              f"{list(steps)} in {manager.directory} (--resume continues from "
+              "them)", file=sys.stderr)
+      for step in steps:
+        manager.delete(step)
 
   train_step = jax.jit(functools.partial(_train_step, config=config),
                        donate_argnums=0, out_shardings=(replicated, replicated))
@@ -432,7 +578,7 @@ def train_and_evaluate(
         write({"kind": "eval", "step": done, "test_loss": test_loss,
                "test_accuracy": test_accuracy, "sparsity": sparsity})
       if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
-        manager.save(done, args=ocp.args.StandardSave(state))
+        _save(manager, done, state)
       bar.update(1)
   bar.close()
   manager.wait_until_finished()

@@ -33,3 +33,23 @@ def data_dirs(tmp_path_factory):
   if not (source / "mnist").is_dir():
     pytest.skip(f"the shared data sets are not at {source}")
   return str(source), str(tmp_path_factory.mktemp("tfds"))
+
+
+_SPLITS = {}
+
+
+@pytest.fixture
+def splits_read_once(monkeypatch):
+  """``experiments.data.load`` memoised for the session: runs in this process
+  read each split once (its arrays are read-only)."""
+  from experiments import data
+
+  load = data.load
+
+  def load_once(name, split, **kwargs):
+    key = (name, split, *sorted(kwargs.items()))
+    if key not in _SPLITS:
+      _SPLITS[key] = load(name, split, **kwargs)
+    return _SPLITS[key]
+
+  monkeypatch.setattr(data, "load", load_once)
