@@ -28,18 +28,19 @@ def explicit_axes(x: jax.Array) -> tuple[str, ...]:
 def placed_like(x, reference) -> jax.Array:
   """``x`` as a jax array with the sharding of ``reference`` (same shape).
 
-  A concrete ``reference`` lends its sharding (``jax.device_put``); a traced
-  one under explicit sharding its type's (``jax.sharding.reshard``); under
-  automatic sharding inside ``jit`` the compiler places ``x``.
+  A concrete ``reference`` committed to its devices lends its sharding
+  (``jax.device_put``); a traced one under explicit sharding its type's
+  (``jax.sharding.reshard``); otherwise jax places ``x`` as it places
+  ``reference`` (uncommitted, or by the compiler inside ``jit``).
   """
   x = jnp.asarray(x)
   if isinstance(reference, jax.core.Tracer):
     if explicit_axes(reference):
       return jax.sharding.reshard(x, jax.typeof(reference).sharding.spec)
     return x
-  if isinstance(reference, jax.Array):
+  if isinstance(reference, jax.Array) and reference.committed:
     return jax.device_put(x, reference.sharding)
-  return x
+  return x  # placed by jax, like the uncommitted ``reference``
 
 
 def gathered(x: jax.Array) -> jax.Array:
