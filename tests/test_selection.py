@@ -65,7 +65,7 @@ def test_matches_numpy_sort(problem):
 
 
 @hypothesis.given(_problems())
-@hypothesis.settings(max_examples=10)
+@hypothesis.settings(max_examples=5)
 def test_jit_and_no_jit_agree(problem):
   scores, alive, group_ids, sizes, kept, force_best = problem
   jitted = jax.jit(_select, static_argnums=(2, 3, 5))(
