@@ -39,12 +39,18 @@ needs_devices = pytest.mark.skipif(
 
 
 @pytest.mark.skipif(jax.device_count() >= _DEVICES, reason="on 8 devices already")
-def test_on_8_simulated_devices():
+@pytest.mark.parametrize("tests", [
+    "test_update_matches_one_device_without_gathering_a_parameter",
+    "test_train_steps_match_one_device",
+    "test_before_training_masks_match_one_device",
+])
+def test_on_8_simulated_devices(tests):
+  """One subprocess per test function, so that pytest -n spreads them."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_FLAG}".strip()
   result = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
-       "-k", "not test_on_8_simulated_devices", __file__],
+       f"{__file__}::{tests}"],
       env=env, capture_output=True, text=True, timeout=1200,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
