@@ -453,18 +453,19 @@ def _earlier_records(path: pathlib.Path, after: int) -> list[dict]:
   will be logged again, and a last line that a kill cut short is dropped.
   Process 0 rewrites the log with them alone, once every process has read
   it."""
-  lines = []
+  kept = []  # (line, record)
   if path.exists():  # not on another host without shared storage
     text = path.read_text()
     lines = text.splitlines()
     if not text.endswith("\n"):
       lines = lines[:-1]
-    lines = [l for l in lines if json.loads(l)["step"] <= after]
+    kept = [(l, r) for l, r in zip(lines, map(json.loads, lines))
+            if r["step"] <= after]
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxprune: log read")
   if jax.process_index() == 0 and path.exists():
-    path.write_text("".join(l + "\n" for l in lines))
-  return [json.loads(l) for l in lines]
+    path.write_text("".join(l + "\n" for l, _ in kept))
+  return [r for _, r in kept]
 
 
 def _load_splits(config: Config):
