@@ -28,10 +28,12 @@ one exact pass.  A long vector (an l1 leaf of at least 8192 weights, or
 as many group norms) is searched by a radix search, two or three passes
 of scatter-add histograms over it; shorter ones, and the G thresholds
 inside the groups of the l1,1 operator, all at once, by a bisection over
-the 31 bits of the float32 keys, 31 compare-and-sum passes.  For a leaf
-of n weights in G groups: O(n) for l1, O(n + G) for l2,1 and l1,1.  (A
-sort costs O(n log n), and XLA's sort is slow on CPU: with it, an Adam
-step projected onto the l1 ball took 27 times a plain step on
+the 31 bits of the float32 keys, 31 compare-and-sum passes.  Both run in
+place, without reshaping a leaf, so a sharded leaf is projected where it
+lies: only sums and histograms are all-reduced between the devices.  For
+a leaf of n weights in G groups: O(n) for l1, O(n + G) for l2,1 and
+l1,1.  (A sort costs O(n log n), and XLA's sort is slow on CPU: with it,
+an Adam step projected onto the l1 ball took 27 times a plain step on
 LeNet-300-100.)
 
 Example:
@@ -66,6 +68,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -257,28 +260,37 @@ def _last_positive_bin(
   return search, d
 
 
-def _histograms(
-    values: jax.Array | None,
-    digits: jax.Array,
-    keep: jax.Array | None,
-    num_bins: int,
-    dtype,
-) -> jax.Array:
-  """Per row, sums of ``values`` (counts if None) by digit where ``keep``.
+def _row_shape(
+    shape: tuple[int, ...], axes: tuple[int, ...]
+) -> tuple[int, ...]:
+  """The shape of a per-row quantity: ``shape`` with the row's axes at 1."""
+  return tuple(1 if d in axes else n for d, n in enumerate(shape))
 
-  Returns ``[rows, num_bins]``; ``keep=None`` keeps everything.
-  """
-  rows = digits.shape[0]
-  flat = digits + num_bins * jnp.arange(rows)[:, None]
-  if keep is not None:  # out of bounds, skipped by the scatter
-    flat = jnp.where(keep, flat, rows * num_bins)
-  updates = jnp.ones((), dtype) if values is None else values
-  out = jnp.zeros((rows * num_bins,), dtype).at[flat].add(updates, mode="drop")
-  return out.reshape(rows, num_bins)
+
+def _row_sum(x: jax.Array, axes: tuple[int, ...], dtype=None) -> jax.Array:
+  """Sums of ``x`` over each row, with the row's axes kept at size 1."""
+  return jnp.sum(x, axis=axes, keepdims=True, dtype=dtype)
+
+
+def _row_index(shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
+  """Each row's row-major position among the rows, in the per-row shape:
+  the position over the axes outside the row, from iotas (no reshape, so
+  no element of a sharded array moves)."""
+  row_shape = _row_shape(shape, axes)
+  index = jnp.zeros(row_shape, jnp.int32)
+  stride = 1
+  for d in reversed(range(len(shape))):
+    index = index + stride * jax.lax.broadcasted_iota(jnp.int32, row_shape, d)
+    stride *= row_shape[d]
+  return index
 
 
 def _radix_search(
-    a: jax.Array, keys: jax.Array, radius: jax.Array, count_dtype
+    a: jax.Array,
+    keys: jax.Array,
+    radius: jax.Array,
+    axes: tuple[int, ...],
+    count_dtype,
 ) -> _Search:
   """The support's lowest key, sum and count, a digit of the keys at a time.
 
@@ -288,10 +300,13 @@ def _radix_search(
   hold one value each) give ``f`` just below every bin, from the sums over
   the bins above it, and so the last bin where ``f`` is positive.  The
   counts are exact per bin (in ``count_dtype``), then searched in the
-  float dtype of ``a``, like the sums.
+  float dtype of ``a``, like the sums.  A sharded ``a`` is counted where
+  it lies: the only collective is an all-reduce of each histogram.
   """
-  rows, n = a.shape
+  row_shape = _row_shape(a.shape, axes)
+  rows = math.prod(row_shape)
   key_dtype = keys.dtype
+  first_bin = _row_index(a.shape, axes)  # each row's first histogram bin
   search = _Search(
       jnp.zeros((rows,), key_dtype),
       jnp.zeros((rows,), a.dtype),
@@ -299,16 +314,21 @@ def _radix_search(
   )
   key_bits = jnp.finfo(a.dtype).bits - 1  # a magnitude's sign bit is 0
   shift = key_bits
-  for level, width in enumerate(_digit_widths(key_bits, n)):
+  for level, width in enumerate(_digit_widths(key_bits, a.size // rows)):
     shift -= width
     num_bins = 1 << width
-    digits = (keys >> shift) & (num_bins - 1)
-    in_bin = None
-    if level:  # only the keys in the row's current bin
-      in_bin = keys >> (shift + width) == search.base[:, None] >> (
-          shift + width)
-    counts = _histograms(None, digits, in_bin, num_bins, count_dtype).astype(
-        a.dtype)
+    digits = ((keys >> shift) & (num_bins - 1)).astype(jnp.int32)
+    bins = first_bin * num_bins + digits
+    if level:  # only the keys in the row's current bin; the others dropped
+      base = search.base.reshape(row_shape)
+      in_bin = keys >> (shift + width) == base >> (shift + width)
+      bins = jnp.where(in_bin, bins, rows * num_bins)
+
+    def histogram(values, dtype, bins=bins, num_bins=num_bins):
+      sums = _sharding.bin_sums(bins, values, rows * num_bins, dtype)
+      return sums.reshape(rows, num_bins)
+
+    counts = histogram(None, count_dtype).astype(a.dtype)
     offsets = jnp.arange(num_bins, dtype=key_dtype)[None, :] << shift
     lows = jax.lax.bitcast_convert_type(
         search.base[:, None] + offsets, a.dtype)
@@ -317,21 +337,30 @@ def _radix_search(
     if shift:  # plus the excess over the bin's lowest value
       low = jax.lax.bitcast_convert_type(keys >> shift << shift, a.dtype)
       excess = jnp.where(a == low, jnp.zeros_like(a), a - low)  # inf - inf
-      sums += _histograms(excess, digits, in_bin, num_bins, a.dtype)
+      sums += histogram(excess, a.dtype)
     hist = jnp.stack([sums, counts], axis=-1)
-    search, d = _last_positive_bin(search, hist, shift, radius)
+    search, d = _last_positive_bin(
+        search, hist, shift, radius.reshape(rows))
   in_d = _take(hist, d)
   return _Search(
-      search.base, search.total + in_d[:, 0], search.count + in_d[:, 1])
+      search.base.reshape(row_shape),
+      (search.total + in_d[:, 0]).reshape(row_shape),
+      (search.count + in_d[:, 1]).reshape(row_shape),
+  )
 
 
 def _bisection(
-    a: jax.Array, keys: jax.Array, radius: jax.Array, count_dtype
+    a: jax.Array,
+    keys: jax.Array,
+    radius: jax.Array,
+    axes: tuple[int, ...],
+    count_dtype,
 ) -> _Search:
   """The support's lowest key, sum and count, a bit of the keys at a time.
 
   Each step sets the next bit of the key if ``f`` is still positive just
-  below the key with that bit set: one fused compare-and-sum pass.
+  below the key with that bit set: one fused compare-and-sum pass per
+  step, in place (a sharded row's sums are all-reduced scalars).
   """
   key_dtype = keys.dtype
   key_bits = jnp.finfo(a.dtype).bits - 1
@@ -340,9 +369,9 @@ def _bisection(
     bit = jnp.left_shift(
         jnp.ones((), key_dtype), jnp.asarray(key_bits - 1 - i, key_dtype))
     candidate = search.base | bit
-    above = keys >= candidate[:, None]
-    total = jnp.sum(jnp.where(above, a, jnp.zeros_like(a)), axis=1)
-    count = jnp.sum(above, axis=1, dtype=count_dtype)
+    above = keys >= candidate
+    total = _row_sum(jnp.where(above, a, jnp.zeros_like(a)), axes)
+    count = _row_sum(above, axes, count_dtype)
     below = _below(candidate, a.dtype)
     positive = (count > 0) & (
         total - count.astype(a.dtype) * below - radius > 0)
@@ -350,32 +379,42 @@ def _bisection(
         lambda new, old: jnp.where(positive, new, old),
         _Search(candidate, total, count), search)
 
-  rows, n = a.shape
+  total = _row_sum(a, axes)
+  n = a.size // total.size
+  # zeros_like and full_like keep the sharding of the row sums, as the
+  # loop's carry must.
   everything = _Search(
-      jnp.zeros((rows,), key_dtype),
-      jnp.sum(a, axis=1),
-      jnp.full((rows,), n, count_dtype),
+      jnp.zeros_like(total, dtype=key_dtype),
+      total,
+      jnp.full_like(total, n, dtype=count_dtype),
   )
   return jax.lax.fori_loop(0, key_bits, step, everything)
 
 
-def _rows_threshold(a: jax.Array, radius: jax.Array) -> jax.Array:
+def _rows_threshold(
+    a: jax.Array, radius: jax.Array, axes: tuple[int, ...]
+) -> jax.Array:
   """The soft threshold that puts every row of ``a`` in its own l1 ball.
 
   Args:
-    a: ``[rows, n]`` non-negative magnitudes, ``n >= 1``, float32 or
-      float64.
-    radius: ``[rows]`` radii (NaN where a radius is negative).
+    a: non-negative magnitudes, float32 or float64, of any shape; a row
+      is the entries that share their indices outside ``axes``, ``n >= 1``
+      of them.
+    radius: the radii, of the per-row shape (``a``'s with ``axes`` at
+      size 1; NaN where a radius is negative).
+    axes: the axes a row spans, sorted; every axis for one row.
 
   Returns:
-    ``[rows]`` thresholds ``tau >= 0`` with
+    The thresholds ``tau >= 0``, of the per-row shape, with
     ``sum(max(a - tau, 0)) == radius`` for every row whose l1 norm exceeds
     its radius, and ``tau == 0`` for the others (NaN for a row with a NaN,
     or a NaN or negative radius).
 
-  Sort-free, O(n) per row.  ``f(t) = sum(max(a - t, 0)) - radius``
-  decreases in ``t``, linearly between consecutive magnitudes.  The bits
-  of a non-negative float read as an integer (its key) keep its order, so
+  Sort-free, O(n) per row, and in place: no reshape or transpose, so a
+  sharded ``a`` is searched where it lies, with all-reduces of per-row
+  sums and histograms.  ``f(t) = sum(max(a - t, 0)) - radius`` decreases
+  in ``t``, linearly between consecutive magnitudes.  The bits of a
+  non-negative float read as an integer (its key) keep its order, so
   a search over the keys finds the largest key ``k`` such that ``f`` is
   positive just below ``k``: the support ``A`` is the magnitudes whose
   keys are ``>= k``.  For one row of at least ``_RADIX_MIN_ROW``
@@ -385,14 +424,16 @@ def _rows_threshold(a: jax.Array, radius: jax.Array) -> jax.Array:
   l1,1 projection, all at once), a bisection, a bit a pass
   (``_bisection``): 31 passes for float32.
   """
-  rows, n = a.shape
-  long_row = rows == 1 and n >= _RADIX_MIN_ROW
+  one_long_row = len(axes) == a.ndim and a.size >= _RADIX_MIN_ROW
   return _refined_threshold(
-      _radix_search if long_row else _bisection, a, radius)
+      _radix_search if one_long_row else _bisection, a, radius, axes)
 
 
 def _refined_threshold(
-    search: Callable[..., _Search], a: jax.Array, radius: jax.Array
+    search: Callable[..., _Search],
+    a: jax.Array,
+    radius: jax.Array,
+    axes: tuple[int, ...],
 ) -> jax.Array:
   """:func:`_rows_threshold` with the support found by ``search``.
 
@@ -401,29 +442,25 @@ def _refined_threshold(
   tau}``, with plain sums: as accurate as the sorted running sums (Condat
   2016) that the searches replace.
   """
-  n = a.shape[1]
+  n = a.size // math.prod(_row_shape(a.shape, axes))
   bits = jnp.finfo(a.dtype).bits
   keys = jax.lax.bitcast_convert_type(
       a, jnp.int32 if bits == 32 else jnp.int64)
   # Counts in floats are exact up to 2**24 (float32) and faster on CPU.
   exact = n <= 2 ** (jnp.finfo(a.dtype).nmant + 1)
   count_dtype = a.dtype if exact else jnp.int32
-  support = search(a, keys, radius, count_dtype)
+  support = search(a, keys, radius, axes, count_dtype)
   first = (support.total - radius) / jnp.maximum(
       support.count.astype(a.dtype), 1)
-  above = a > first[:, None]
-  total = jnp.sum(jnp.where(above, a, jnp.zeros_like(a)), axis=1)
-  count = jnp.sum(above, axis=1, dtype=count_dtype)
+  above = a > first
+  total = _row_sum(jnp.where(above, a, jnp.zeros_like(a)), axes)
+  count = _row_sum(above, axes, count_dtype)
   refined = (total - radius) / jnp.maximum(count, 1).astype(a.dtype)
   tau = jnp.maximum(jnp.where(count > 0, refined, first), 0)
-  outside = jnp.sum(a, axis=1) - radius
+  outside = _row_sum(a, axes) - radius
   tau = jnp.where(outside > 0, tau, jnp.zeros_like(tau))
   invalid = jnp.isnan(outside) | (radius < 0)
   return jnp.where(invalid, jnp.asarray(jnp.nan, a.dtype), tau)
-
-
-def _radius_array(radius: jax.typing.ArrayLike, dtype) -> jax.Array:
-  return jnp.asarray(radius).astype(dtype)
 
 
 def _soft_threshold(x: jax.Array, tau: jax.Array) -> jax.Array:
@@ -436,13 +473,19 @@ def _soft_threshold(x: jax.Array, tau: jax.Array) -> jax.Array:
 # outer jit they are inlined.
 
 
+def _scalar_radius(radius, dtype, ndim: int) -> jax.Array:
+  """The radius in ``dtype``, of the per-row shape of one row over all of an
+  array of ``ndim`` dimensions."""
+  return jnp.asarray(radius).astype(dtype).reshape((1,) * ndim)
+
+
 @jax.jit
 def _l1(x: jax.Array, radius: jax.typing.ArrayLike) -> jax.Array:
   dtype = _compute_dtype(x.dtype)
   xc = x.astype(dtype)
-  r = _radius_array(radius, dtype)
-  magnitudes = _sharding.gathered(jnp.abs(xc))
-  tau = _rows_threshold(magnitudes.reshape(1, -1), r.reshape(1))[0]
+  everything = tuple(range(x.ndim))
+  tau = _rows_threshold(
+      jnp.abs(xc), _scalar_radius(radius, dtype, x.ndim), everything)
   return _soft_threshold(xc, tau).astype(x.dtype)
 
 
@@ -452,9 +495,10 @@ def _l21(
 ) -> jax.Array:
   dtype = _compute_dtype(x.dtype)
   xc = x.astype(dtype)
-  r = _radius_array(radius, dtype)
-  norms = jnp.sqrt(jnp.sum(jnp.square(xc), axis=axes, keepdims=True))
-  tau = _rows_threshold(_sharding.gathered(norms).reshape(1, -1), r.reshape(1))[0]
+  norms = jnp.sqrt(_row_sum(jnp.square(xc), axes))
+  everything = tuple(range(x.ndim))
+  tau = _rows_threshold(
+      norms, _scalar_radius(radius, dtype, x.ndim), everything)
   scale = jnp.maximum(norms - tau, 0) / jnp.where(norms > 0, norms, 1)
   scale = jnp.where(tau == 0, jnp.ones_like(scale), scale)  # exact if inside
   return (xc * scale).astype(x.dtype)
@@ -466,16 +510,15 @@ def _l11(
 ) -> jax.Array:
   dtype = _compute_dtype(x.dtype)
   xc = x.astype(dtype)
-  r = _radius_array(radius, dtype)
-  a = _sharding.gathered(jnp.abs(xc))
-  norms = jnp.sum(a, axis=axes, keepdims=True)
-  tau = _rows_threshold(norms.reshape(1, -1), r.reshape(1))[0]
+  a = jnp.abs(xc)
+  norms = _row_sum(a, axes)
+  everything = tuple(range(x.ndim))
+  tau = _rows_threshold(
+      norms, _scalar_radius(radius, dtype, x.ndim), everything)
   budgets = jnp.maximum(norms - tau, 0)  # NaN stays NaN
-  kept = tuple(i for i in range(x.ndim) if i not in axes)
-  rows = jnp.transpose(a, kept + axes).reshape(budgets.size, -1)
-  group_tau = _rows_threshold(rows, budgets.reshape(-1))
+  group_tau = _rows_threshold(a, budgets, axes)
   # Inside the ball every group keeps its whole norm: leave x exactly as is.
-  group_tau = jnp.where(tau == 0, 0, group_tau.reshape(budgets.shape))
+  group_tau = jnp.where(tau == 0, jnp.zeros_like(group_tau), group_tau)
   return _soft_threshold(xc, group_tau).astype(x.dtype)
 
 

@@ -128,28 +128,10 @@ def _histograms(
 
 
 def _histogram(bins: jax.Array) -> jax.Array:
-  """Counts of ``bins`` (any shape) over ``_RADIX_BINS`` bins; a bin of
-  ``_RADIX_BINS`` is not counted.
-
-  A sharded ``bins`` is counted shard by shard and the counts summed over the
-  devices: the only collective is an all-reduce of the 65536 counters.  Under
-  automatic sharding the compiler partitions the scatter that way itself;
-  with explicit sharding the per-shard count is written out with
-  ``jax.shard_map``.
-  """
-
-  def count(b):
-    return jnp.zeros((_RADIX_BINS,), jnp.int32).at[b].add(1, mode="drop")
-
-  axes = _sharding.explicit_axes(bins)
-  if not axes:
-    return count(bins)
-  spec = jax.typeof(bins).sharding.spec
-  return jax.shard_map(
-      lambda b: lax.psum(count(b), axes),
-      in_specs=spec, out_specs=jax.sharding.PartitionSpec(),
-      axis_names=set(axes),
-  )(bins)
+  """Counts of ``bins`` (any shape) over ``_RADIX_BINS`` bins, as int32; a
+  bin of ``_RADIX_BINS`` is not counted.  Sharded ``bins`` are counted
+  where they lie (see :func:`jaxprune._sharding.bin_sums`)."""
+  return _sharding.bin_sums(bins, None, _RADIX_BINS, jnp.int32)
 
 
 def _by_group(per_array: Sequence[jax.Array], group_ids: Sequence[int],

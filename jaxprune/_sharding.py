@@ -43,9 +43,36 @@ def placed_like(x, reference) -> jax.Array:
   return x  # placed by jax, like the uncommitted ``reference``
 
 
-def gathered(x: jax.Array) -> jax.Array:
-  """``x`` replicated on every device of its mesh if it is sharded
-  explicitly (an all-gather), else ``x`` unchanged."""
-  if explicit_axes(x):
-    return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
-  return x
+def bin_sums(bins: jax.Array, values: jax.Array | None, num_bins: int,
+             dtype) -> jax.Array:
+  """Sums of ``values`` (1 each if None) by bin: ``[num_bins]`` in ``dtype``.
+
+  ``bins`` holds each element's bin (any shape); an element of bin
+  ``num_bins`` is not counted.  ``values`` has the shape of ``bins``.  A
+  sharded ``bins`` is summed shard by shard and the sums added over the
+  devices: the only collective is an all-reduce of the ``num_bins`` sums.
+  Under automatic sharding the compiler partitions the scatter that way
+  itself; under explicit sharding the per-shard sums are written out with
+  ``jax.shard_map``.
+
+  >>> bin_sums(jnp.array([0, 2, 2, 3]), None, 3, jnp.int32).tolist()
+  [1, 0, 2]
+  """
+
+  def scatter(b, v):
+    out = jnp.zeros((num_bins,), dtype)
+    return out.at[b].add(jnp.ones((), dtype) if v is None else v, mode="drop")
+
+  axes = explicit_axes(bins)
+  if not axes:
+    return scatter(bins, values)
+  spec = jax.typeof(bins).sharding.spec
+  operands = (bins,)
+  if values is not None:  # sharded as ``bins``, so that the shards match
+    operands += (jax.sharding.reshard(values, spec),)
+  return jax.shard_map(
+      lambda b, *v: jax.lax.psum(scatter(b, *v or (None,)), axes),
+      in_specs=(spec,) * len(operands),
+      out_specs=jax.sharding.PartitionSpec(),
+      axis_names=set(axes),
+  )(*operands)

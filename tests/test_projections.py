@@ -306,7 +306,7 @@ def _magnitudes(kind, n, seed):
 
 _SEARCHES = {"radix": _projections._radix_search,
              "bisection": _projections._bisection}
-_threshold_by = jax.jit(_projections._refined_threshold, static_argnums=0)
+_threshold_by = jax.jit(_projections._refined_threshold, static_argnums=(0, 3))
 
 
 @pytest.mark.usefixtures("strict_dtypes")
@@ -321,7 +321,8 @@ def test_thresholds_match_a_float64_sort(kind, n):
     # Both searches, on one row and on three.
     for search, rows in itertools.product(_SEARCHES.values(), (1, 3)):
       got = np.asarray(_threshold_by(
-          search, jnp.tile(jnp.asarray(a), (rows, 1)), jnp.full((rows,), r)))
+          search, jnp.tile(jnp.asarray(a), (rows, 1)), jnp.full((rows, 1), r),
+          (1,)))[:, 0]
       if fraction > 1:
         np.testing.assert_array_equal(got, 0)
       else:
@@ -334,11 +335,11 @@ def test_both_searches_find_the_same_support():
   a = jnp.asarray(_magnitudes("normal", 5 * 3000, 1).reshape(5, 3000))
   keys = jax.lax.bitcast_convert_type(a, jnp.int32)
   fractions = jnp.asarray([0.0, 1e-4, 0.1, 0.5, 0.9], jnp.float32)
-  radius = jnp.sum(a, axis=1) * fractions
-  radix = jax.jit(_projections._radix_search, static_argnums=3)(
-      a, keys, radius, jnp.float32)
-  bisection = jax.jit(_projections._bisection, static_argnums=3)(
-      a, keys, radius, jnp.float32)
+  radius = jnp.sum(a, axis=1, keepdims=True) * fractions[:, None]
+  radix = jax.jit(_projections._radix_search, static_argnums=(3, 4))(
+      a, keys, radius, (1,), jnp.float32)
+  bisection = jax.jit(_projections._bisection, static_argnums=(3, 4))(
+      a, keys, radius, (1,), jnp.float32)
   # The same support; its lowest key is within rounding of the threshold.
   np.testing.assert_array_equal(radix.count, bisection.count)
   np.testing.assert_allclose(
@@ -410,8 +411,8 @@ def test_exact_small_cases(x, radius, want):
   np.testing.assert_allclose(jaxprune.l1_ball_projection(x, radius), want,
                              rtol=1e-6)
   for search in _SEARCHES.values():
-    tau = _threshold_by(search, jnp.abs(x)[None],
-                        jnp.full((1,), radius, jnp.float32))[0]
+    tau = _threshold_by(search, jnp.abs(x), jnp.full((1,), radius, jnp.float32),
+                        (0,))
     np.testing.assert_allclose(x - jnp.clip(x, -tau, tau), want, rtol=1e-6)
 
 
@@ -441,8 +442,9 @@ def test_nan_and_inf_inputs():
                    [1.0, inf, 2.0]])
   radius = jnp.asarray([1.0, 1.0, inf, inf])
   for search in _SEARCHES.values():
-    np.testing.assert_array_equal(_threshold_by(search, a, radius),
-                                  [nan, inf, 0.0, nan])
+    np.testing.assert_array_equal(
+        _threshold_by(search, a, radius[:, None], (1,))[:, 0],
+        [nan, inf, 0.0, nan])
 
 
 @pytest.mark.usefixtures("strict_dtypes")

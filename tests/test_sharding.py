@@ -40,17 +40,19 @@ needs_devices = pytest.mark.skipif(
 
 @pytest.mark.skipif(jax.device_count() >= _DEVICES, reason="on 8 devices already")
 @pytest.mark.parametrize("tests", [
-    "test_update_matches_one_device_without_gathering_a_parameter",
+    "test_update_matches_one_device_without_gathering_a_parameter"
+    " or test_long_leaves_are_projected_in_place",
     "test_train_steps_match_one_device",
     "test_before_training_masks_match_one_device",
 ])
 def test_on_8_simulated_devices(tests):
-  """One subprocess per test function, so that pytest -n spreads them."""
+  """A subprocess per group of test functions, so that pytest -n spreads
+  them."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_FLAG}".strip()
   result = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
-       f"{__file__}::{tests}"],
+       __file__, "-k", tests],
       env=env, capture_output=True, text=True, timeout=1200,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
@@ -170,9 +172,6 @@ def _run(step, params, state, steps=6):
 
 
 _ALL = list(transforms.MASKED) + list(transforms.GATED)
-# The projections search each leaf's l1 threshold on one device: a sharded
-# leaf's magnitudes are gathered first (see jaxprune/_projections.py).
-_GATHERING = {"project-l1", "project-l11", "project-l21"}
 
 
 @needs_devices
@@ -192,8 +191,38 @@ def test_update_matches_one_device_without_gathering_a_parameter(name):
       sharded = _run(compiled, sharded_params, state)
     _assert_same(sharded, single, f"{name} {layout} {mode}")
     _assert_shardings_follow_params(sharded, layout)
-    if name not in _GATHERING:
-      assert _largest_gather(compiled.as_text()) < smallest_param, (layout, mode)
+    assert _largest_gather(compiled.as_text()) < smallest_param, (layout, mode)
+
+
+# Long enough for the radix search (jaxprune/_projections.py): the l1 leaf
+# in 16-bit digits, the 8192 group norms in 11-bit digits.
+_LONG_LEAVES = {
+    "l1": (lambda x: jaxprune.l1_ball_projection(x, 30.0), (512, 256)),
+    "l21": (lambda x: jaxprune.l21_ball_projection(x, 30.0), (8192, 8)),
+    "l11": (lambda x: jaxprune.l11_ball_projection(x, 30.0), (8192, 8)),
+}
+
+
+@needs_devices
+@pytest.mark.parametrize("name", list(_LONG_LEAVES))
+def test_long_leaves_are_projected_in_place(name):
+  project, shape = _LONG_LEAVES[name]
+  x = jnp.asarray(np.random.default_rng(2).normal(size=shape), jnp.float32)
+  single = jax.jit(project)(x)
+  assert 0 < np.mean(np.asarray(single) == 0) < 1  # a threshold was found
+  for layout, mode in (("fsdp", "Explicit"), ("tp", "Auto")):
+    mesh = _mesh(mode)
+    with jax.set_mesh(mesh):
+      sharded_x = _shard(x, mesh, layout)
+      compiled = jax.jit(project).lower(sharded_x).compile()
+      sharded = compiled(sharded_x)
+    # The thresholds come from sums of some 10**5 float32 magnitudes, added
+    # in another order on 8 devices: equal to a few units of their rounding.
+    np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-5,
+                               err_msg=f"{name} {layout} {mode}")
+    _assert_shardings_follow_params(sharded, layout)
+    # The histograms are all-reduced; no shard of x travels.
+    assert _largest_gather(compiled.as_text()) < x.size // _DEVICES
 
 
 # --- train steps: a sharded batch through a model ----------------------------
