@@ -40,11 +40,11 @@ needs_devices = pytest.mark.skipif(
 
 @pytest.mark.skipif(jax.device_count() >= _DEVICES, reason="on 8 devices already")
 @pytest.mark.parametrize("tests", [
-    "test_update_matches_one_device_without_gathering_a_parameter"
-    " or test_long_leaves_are_projected_in_place",
-    "test_train_steps_match_one_device",
-    "test_before_training_masks_match_one_device",
-])
+    ("test_update_matches_one_device_without_gathering_a_parameter",
+     "test_long_leaves_are_projected_in_place"),
+    ("test_train_steps_match_one_device",),
+    ("test_before_training_masks_match_one_device",),
+], ids=lambda tests: tests[0])
 def test_on_8_simulated_devices(tests):
   """A subprocess per group of test functions, so that pytest -n spreads
   them."""
@@ -52,7 +52,7 @@ def test_on_8_simulated_devices(tests):
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_FLAG}".strip()
   result = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
-       __file__, "-k", tests],
+       *(f"{__file__}::{test}" for test in tests)],
       env=env, capture_output=True, text=True, timeout=1200,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
