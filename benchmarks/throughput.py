@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.list:
     print("\n".join(str(job) for job in jobs))
     return 0
+  # Compile times are measured: no program may come from a persistent
+  # compilation cache (JAX_COMPILATION_CACHE_DIR).
+  jax.config.update("jax_enable_compilation_cache", False)
   env = environment()
   print("\n".join(f"{key}: {value}" for key, value in env.items()))
   json_path, markdown_path, plot_path = _outputs(args)

@@ -111,7 +111,9 @@ def create_state(config: Config, model, sample: np.ndarray,
   A before-training method prunes here, on ``train_split``; without it
   (a template to restore a checkpoint into) its masks keep everything.
   """
-  variables = model.init(jax.random.key(config.seed), sample, train=False)
+  # One compiled program: eagerly, each initializer compiles on its own.
+  init = jax.jit(functools.partial(model.init, train=False))
+  variables = init(jax.random.key(config.seed), sample)
   params, masks = variables["params"], None
   if config.method in methods.BEFORE_TRAINING and train_split is not None:
     masks = methods.initial_masks(config, model, variables,

@@ -489,3 +489,28 @@ def test_shard_on_two_devices_in_a_subprocess():
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("ok")
+
+
+def test_decoded_arrays_are_kept_and_a_damaged_copy_is_replaced(
+    mnist_test, tfds_dir, caplog
+):
+  kept = next(pathlib.Path(tfds_dir).glob("jaxprune_mnist/*/decoded/test.npz"))
+  again = data.load("mnist", "test", source_dir=SOURCE, tfds_dir=tfds_dir)
+  np.testing.assert_array_equal(again.images, mnist_test.images)
+  np.testing.assert_array_equal(again.labels, mnist_test.labels)
+  good = kept.read_bytes()
+  with np.load(kept) as f:
+    images, labels, digest = f["images"].copy(), f["labels"], f["sha256"]
+  images[7, 3, 3, 0] ^= 1  # one flipped bit, kept with the old digest
+  damaged = {"a flipped pixel": lambda: np.savez(
+                 kept, images=images, labels=labels, sha256=digest),
+             "a torn file": lambda: kept.write_bytes(good[:len(good) // 2]),
+             "no file": kept.unlink}
+  for what, damage in damaged.items():
+    damage()
+    caplog.clear()
+    again = data.load("mnist", "test", source_dir=SOURCE, tfds_dir=tfds_dir)
+    np.testing.assert_array_equal(again.images, mnist_test.images, err_msg=what)
+    np.testing.assert_array_equal(again.labels, mnist_test.labels, err_msg=what)
+    assert kept.read_bytes() == good, what  # read from the records, rewritten
+    assert ("does not match" in caplog.text) == (what == "a flipped pixel")
