@@ -296,16 +296,48 @@ def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> None:
   plt.close(fig)
 
 
+def _run_key(record: dict) -> tuple:
+  return tuple(record.get(field) for field in (
+      "dataset", "model", "method", "target_sparsity", "seed"))
+
+
+def with_earlier_runs(records: Sequence[dict], out: pathlib.Path
+                      ) -> tuple[list[dict], list[str]]:
+  """``records`` and the runs of ``out/results.json`` that they do not
+  redo, with the commands that made those.
+
+  Cells run at another time or on another machine, whose work directories
+  are gone, stay in the results when the sweep is extended (another seed,
+  another sparsity): a run collected now replaces the earlier run of the
+  same dataset, model, method, target sparsity and seed.
+  """
+  path = out / "results.json"
+  if not path.exists():
+    return list(records), []
+  earlier = json.loads(path.read_text())
+  new_keys = {_run_key(r) for r in records}
+  kept = [r for r in earlier["runs"] if _run_key(r) not in new_keys]
+  if not kept:
+    return list(records), []
+  commands = [*earlier.get("earlier_commands", []), earlier["command"]]
+  return kept + list(records), commands
+
+
 def write_results(name: str, records: Sequence[dict], out: pathlib.Path,
-                  command: str) -> list[dict]:
+                  command: str, earlier_commands: Sequence[str] = ()
+                  ) -> list[dict]:
   if not records:
     raise SystemExit(f"no finished runs to collect for {name!r}: nothing written")
   out.mkdir(parents=True, exist_ok=True)
   rows = aggregate(records)
-  (out / "results.json").write_text(json.dumps(
-      {"command": command, "rows": rows, "runs": list(records)}, indent=2) + "\n")
+  results = {"command": command, "rows": rows, "runs": list(records)}
+  if earlier_commands:
+    results["earlier_commands"] = list(earlier_commands)
+  (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+  produced = "".join(f"`{c}`, then " for c in earlier_commands)
   (out / "table.md").write_text(
-      f"# Sweep `{name}`\n\nProduced by `{command}`.\n" + markdown_table(rows))
+      f"# Sweep `{name}`\n\nProduced by {produced}`{command}`.\n"
+      + markdown_table(rows))
   plot(rows, out / "accuracy_vs_sparsity.png", name)
   return rows
 
@@ -338,6 +370,9 @@ def main(argv=None) -> int:
                       metavar="FIELD=V1,V2",
                       help="run only the grid points whose FIELD is one of these")
   parser.add_argument("--only-collect", action="store_true")
+  parser.add_argument("--keep-earlier", action="store_true",
+                      help="keep the runs already in OUT/results.json that "
+                           "this call does not collect again")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   sweep = SWEEPS[args.sweep]
   seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
@@ -357,9 +392,11 @@ def main(argv=None) -> int:
     run_cells(configs, root, args.jobs)
   command = "python -m experiments.sweep " + " ".join(
       sys.argv[1:] if argv is None else argv)
-  rows = write_results(args.sweep, collect(configs, root),
-                       pathlib.Path(args.out or f"experiments/results/{args.sweep}"),
-                       command)
+  out = pathlib.Path(args.out or f"experiments/results/{args.sweep}")
+  records, earlier_commands = collect(configs, root), []
+  if args.keep_earlier:
+    records, earlier_commands = with_earlier_runs(records, out)
+  rows = write_results(args.sweep, records, out, command, earlier_commands)
   print(markdown_table(rows))
   return 0
 

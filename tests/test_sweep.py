@@ -65,3 +65,30 @@ def test_run_cells_runs_once_and_resumes(data_dirs, tmp_path):
   records = sweep.collect(cells, tmp_path)
   assert len(records) == 1 and records[0]["method"] == "magnitude"
   assert json.loads(summary.read_text())["steps"] == 6
+
+
+def test_keep_earlier_merges_runs_done_elsewhere(tmp_path):
+  def run(seed, accuracy):
+    return {"dataset": "mnist", "model": "lenet5", "method": "flipout",
+            "target_sparsity": 0.99, "seed": seed, "global_sparsity": 0.99,
+            "final_test_accuracy": accuracy}
+
+  # Nothing earlier: the records as they are.
+  assert sweep.with_earlier_runs([run(0, 0.5)], tmp_path) == ([run(0, 0.5)], [])
+  sweep.write_results("demo", [run(0, 0.5), run(1, 0.6)], tmp_path, "first")
+  records, commands = sweep.with_earlier_runs([run(1, 0.7), run(2, 0.8)],
+                                              tmp_path)
+  # Seed 0 kept from before, seed 1 replaced by the new run, seed 2 added.
+  assert sorted((r["seed"], r["final_test_accuracy"]) for r in records) == [
+      (0, 0.5), (1, 0.7), (2, 0.8)]
+  assert commands == ["first"]
+  rows = sweep.write_results("demo", records, tmp_path, "second", commands)
+  assert rows[0]["seeds"] == 3
+  assert rows[0]["accuracy_mean"] == pytest.approx(100 * (0.5 + 0.7 + 0.8) / 3)
+  written = json.loads((tmp_path / "results.json").read_text())
+  assert written["command"] == "second"
+  assert written["earlier_commands"] == ["first"]
+  assert "Produced by `first`, then `second`." in (tmp_path / "table.md").read_text()
+  # A third extension keeps the whole history of commands.
+  _, commands = sweep.with_earlier_runs([run(3, 0.9)], tmp_path)
+  assert commands == ["first", "second"]
