@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 from jaxprune import _inspect
+from jaxprune import _noise
 from jaxprune import _pruning
 from jaxprune import _selection
 from jaxprune import _trees
@@ -289,7 +290,11 @@ def flipout(
      a floating gradient, biases and norm scales included,
      ``g_P += noise * (||g_P||_2 / sqrt(numel(P))) * N(0, I)``, drawn from
      ``fold_in(key, t)``.  As in the authors' code, the norm is that of the
-     masked gradient and ``numel`` counts pruned weights too.
+     masked gradient and ``numel`` counts pruned weights too.  The normal
+     draws come from a keyed integer hash of each entry's index rather
+     than from ``jax.random.normal``, 2 to 5 times faster on CPU, where
+     the threefry cipher cost more than a LeNet-300-100 Adam step (see
+     ``jaxprune/_noise.py``).
      ``noise=0`` skips this step: no random numbers are drawn.
   3. The gradients of pruned weights are zeroed and ``inner`` runs; its
      updates are masked so that ``params + updates`` is exactly 0.0 where a
@@ -439,7 +444,7 @@ def flipout(
         return g
       g32 = g.astype(jnp.float32)
       rms = jnp.sqrt(jnp.sum(jnp.square(g32)) / jnp.size(g))
-      draw = jax.random.normal(k, jnp.shape(g), jnp.float32)
+      draw = _noise.standard_normal(k, jnp.shape(g))
       return (g32 + noise * rms * draw).astype(g.dtype)
 
     return jax.tree.unflatten(
