@@ -14,6 +14,7 @@ import jax
 import pytest
 
 from benchmarks import measure
+from benchmarks import page_faults
 from benchmarks import report
 from benchmarks import throughput
 
@@ -117,3 +118,15 @@ def test_run_jobs_writes_the_json_after_each_job(tmp_path):
   assert "no_such_method" in error
   saved = json.loads(json_path.read_text())
   assert saved["records"] == records and saved["suite"]["wall_s"] > 0
+
+
+def test_page_faults_race_reports_every_step_kind():
+  records = page_faults.race("lenet300100", rounds=1, block=2, batch=8)
+  assert [r["kind"] for r in records] == [
+      "plain", "scheduled, no update", "fixed masks"]
+  for r in records:
+    assert r["median_ms"] > 0 and math.isfinite(r["ratio"])
+    assert r["faults_per_step"] >= 0
+  plain, scheduled, fixed = (r["temp_bytes"] for r in records)
+  # The mask refresh's scratch arrays are what enlarge the arena.
+  assert scheduled > 2 * plain and fixed < scheduled
