@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxprune import _sharding
+
 
 def _hash(x: jax.Array) -> jax.Array:
   """A 32-bit integer hash with good avalanche (C. Wellons' lowbias32)."""
@@ -50,17 +52,6 @@ def _hash(x: jax.Array) -> jax.Array:
   x = x ^ (x >> 15)
   x = x * jnp.uint32(0x846CA68B)
   return x ^ (x >> 16)
-
-
-def _flat_index(shape: tuple[int, ...]) -> jax.Array:
-  """Each entry's row-major position as uint32 (mod 2**32), from iotas."""
-  index = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for d in reversed(range(len(shape))):
-    index = index + jnp.uint32(stride % 2**32) * lax.broadcasted_iota(
-        jnp.uint32, shape, d)
-    stride *= shape[d]
-  return index
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -79,7 +70,8 @@ def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   key = jnp.asarray(key, jnp.uint32).reshape(-1)
-  bits = _hash(_hash(_flat_index(tuple(shape)) ^ key[0]) + key[-1])
+  index = _sharding.flat_index(tuple(shape), jnp.uint32)  # mod 2**32
+  bits = _hash(_hash(index ^ key[0]) + key[-1])
   # The top 23 bits as one of 2**23 points in (-1, 1), symmetric about 0:
   # (2 p + 1 - 2**23) / 2**23 for p in [0, 2**23).  In integers, then one
   # exact conversion and scaling: float arithmetic here could be

@@ -272,19 +272,6 @@ def _row_sum(x: jax.Array, axes: tuple[int, ...], dtype=None) -> jax.Array:
   return jnp.sum(x, axis=axes, keepdims=True, dtype=dtype)
 
 
-def _row_index(shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
-  """Each row's row-major position among the rows, in the per-row shape:
-  the position over the axes outside the row, from iotas (no reshape, so
-  no element of a sharded array moves)."""
-  row_shape = _row_shape(shape, axes)
-  index = jnp.zeros(row_shape, jnp.int32)
-  stride = 1
-  for d in reversed(range(len(shape))):
-    index = index + stride * jax.lax.broadcasted_iota(jnp.int32, row_shape, d)
-    stride *= row_shape[d]
-  return index
-
-
 def _radix_search(
     a: jax.Array,
     keys: jax.Array,
@@ -306,7 +293,8 @@ def _radix_search(
   row_shape = _row_shape(a.shape, axes)
   rows = math.prod(row_shape)
   key_dtype = keys.dtype
-  first_bin = _row_index(a.shape, axes)  # each row's first histogram bin
+  # Each row's position among the rows: its first histogram bin.
+  first_bin = _sharding.flat_index(row_shape)
   search = _Search(
       jnp.zeros((rows,), key_dtype),
       jnp.zeros((rows,), a.dtype),

@@ -250,14 +250,8 @@ def _with_best_forced(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
   """``offset`` plus each element's row-major position in ``x``, as int32
-  of ``x``'s shape (and sharding), computed in place: no reshape, so no
-  element moves between the devices that hold ``x``."""
-  index = jnp.full(x.shape, offset, jnp.int32)
-  stride = 1
-  for dim in reversed(range(x.ndim)):
-    index = index + stride * lax.broadcasted_iota(jnp.int32, x.shape, dim)
-    stride *= x.shape[dim]
-  return index
+  of ``x``'s shape, computed in place (see :func:`_sharding.flat_index`)."""
+  return _sharding.flat_index(x.shape, jnp.int32, offset)
 
 
 def _select(keys, group_ids, group_sizes, k):

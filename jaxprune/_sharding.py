@@ -43,6 +43,26 @@ def placed_like(x, reference) -> jax.Array:
   return x  # placed by jax, like the uncommitted ``reference``
 
 
+def flat_index(shape: tuple[int, ...], dtype=jnp.int32,
+               offset: int = 0) -> jax.Array:
+  """``offset`` plus each entry's row-major position in an array of
+  ``shape``, as ``dtype`` (unsigned dtypes wrap around), built from iotas:
+  no reshape, so an array of this shape sharded over devices can be
+  indexed where it lies.
+
+  >>> flat_index((2, 3)).tolist()
+  [[0, 1, 2], [3, 4, 5]]
+  """
+  bits = jnp.iinfo(dtype).bits
+  index = jnp.full(shape, offset, dtype)
+  stride = 1
+  for dim in reversed(range(len(shape))):
+    index = index + jnp.asarray(stride % 2**bits, dtype) * (
+        jax.lax.broadcasted_iota(dtype, shape, dim))
+    stride *= shape[dim]
+  return index
+
+
 def bin_sums(bins: jax.Array, values: jax.Array | None, num_bins: int,
              dtype) -> jax.Array:
   """Sums of ``values`` (1 each if None) by bin: ``[num_bins]`` in ``dtype``.
