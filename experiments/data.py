@@ -52,6 +52,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from experiments import files
+
 __all__ = [
     "ChecksumError",
     "FashionMnistBuilder",
@@ -488,11 +490,9 @@ def _decoded(b: tfds.core.DatasetBuilder, split: str):
     return kept
   images, labels = _read_all(source)
   path.parent.mkdir(exist_ok=True)
-  temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(temporary, "wb") as f:  # written whole, then renamed: atomic
+  with files.replaced_atomically(path) as f:
     np.savez(f, images=images, labels=labels,
              sha256=np.asarray(_arrays_digest(images, labels)))
-  os.replace(temporary, path)
   return images, labels
 
 

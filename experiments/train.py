@@ -52,6 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxprune
 from experiments import data
+from experiments import files
 from experiments import methods
 from experiments import models
 from experiments import plots
@@ -466,7 +467,7 @@ def _earlier_records(path: pathlib.Path, after: int) -> list[dict]:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxprune: log read")
   if jax.process_index() == 0 and path.exists():
-    path.write_text("".join(l + "\n" for l, _ in kept))
+    files.write_text_atomically(path, "".join(l + "\n" for l, _ in kept))
   return [r for _, r in kept]
 
 
@@ -615,6 +616,7 @@ def train_and_evaluate(
       "config": to_dict(config),
   }
   if chief:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files.write_text_atomically(workdir / "summary.json",
+                                json.dumps(summary, indent=2) + "\n")
     plots.write_plots(records, summary, workdir)
   return summary
