@@ -352,8 +352,22 @@ def hard_masks(params: Any, *, louizos_test_gates: bool = False) -> Any:
     A tree with the structure of the model's params (no gates): a boolean
     array of the leaf's shape for every gated leaf and the bias of every gated
     filter, ``None`` for the others; readable by :func:`jaxprune.sparsity`.
+
+  Raises:
+    ValueError: a ``log_alpha`` holds NaN (training diverged: its gates,
+      and so the masks, are undefined).  Inside ``jit``, where nothing can
+      raise, a NaN gate is not exactly zero and counts as kept.
   """
   gates = _gates_or_raise(params, "hard_masks")
+  for gate in gates:
+    log_alpha = _node(params, gate.path)[gate_key(gate.name)]
+    if not isinstance(log_alpha, jax.core.Tracer):
+      nan = int(np.count_nonzero(np.isnan(np.asarray(log_alpha))))
+      if nan:
+        where = _trees.path_string((*gate.path, gate_key(gate.name)))
+        raise ValueError(
+            f"{where} holds NaN at {nan} of {np.size(log_alpha)} gates: "
+            "training diverged, and their masks are undefined")
   values = _gate_values(params, gates, None, louizos_test_gates)
   masks = jax.tree.map(lambda _: None, _strip(params, gates))
   for gate, z in zip(gates, values):

@@ -195,6 +195,17 @@ def test_hard_masks_are_where_the_test_time_gate_is_nonzero():
   assert 0 < float(report.global_sparsity) < 1
 
 
+def test_hard_masks_of_nan_gates_raise_or_count_as_kept_under_jit():
+  params = _gated_tree()
+  log_alpha = np.asarray(params["dense"]["log_alpha"]).copy()
+  log_alpha[[1, 3]] = np.nan
+  params["dense"]["log_alpha"] = jnp.asarray(log_alpha)
+  with pytest.raises(ValueError, match=r"dense/log_alpha holds NaN at 2 of 5"):
+    jaxprune.hard_masks(params)
+  masks = jax.jit(jaxprune.hard_masks)(params)  # the documented fallback
+  assert np.all(np.asarray(masks["dense"]["kernel"])[[1, 3]])
+
+
 def test_gated_flax_models_compute_the_gated_network():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   conv = nn.Conv(4, (3, 3))
