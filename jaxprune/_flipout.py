@@ -444,7 +444,7 @@ def flipout(
         return g
       g32 = g.astype(jnp.float32)
       rms = jnp.sqrt(jnp.sum(jnp.square(g32)) / jnp.size(g))
-      draw = _noise.standard_normal(k, jnp.shape(g))
+      draw = _noise.standard_normal_like(k, g)
       return (g32 + noise * rms * draw).astype(g.dtype)
 
     return jax.tree.unflatten(

@@ -251,7 +251,7 @@ def _with_best_forced(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
 def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
   """``offset`` plus each element's row-major position in ``x``, as int32
   of ``x``'s shape, computed in place (see :func:`_sharding.flat_index`)."""
-  return _sharding.flat_index(x.shape, jnp.int32, offset)
+  return _sharding.flat_index(x.shape, jnp.int32, offset, like=x)
 
 
 def _select(keys, group_ids, group_sizes, k):

@@ -43,12 +43,14 @@ def placed_like(x, reference) -> jax.Array:
   return x  # placed by jax, like the uncommitted ``reference``
 
 
-def flat_index(shape: tuple[int, ...], dtype=jnp.int32,
-               offset: int = 0) -> jax.Array:
+def flat_index(shape: tuple[int, ...], dtype=jnp.int32, offset: int = 0,
+               like: jax.Array | None = None) -> jax.Array:
   """``offset`` plus each entry's row-major position in an array of
   ``shape``, as ``dtype`` (unsigned dtypes wrap around), built from iotas:
   no reshape, so an array of this shape sharded over devices can be
-  indexed where it lies.
+  indexed where it lies.  With ``like`` (an array of ``shape``) sharded
+  explicitly, the index is sharded as it is, so that each device computes
+  its own part only.
 
   >>> flat_index((2, 3)).tolist()
   [[0, 1, 2], [3, 4, 5]]
@@ -60,6 +62,8 @@ def flat_index(shape: tuple[int, ...], dtype=jnp.int32,
     index = index + jnp.asarray(stride % 2**bits, dtype) * (
         jax.lax.broadcasted_iota(dtype, shape, dim))
     stride *= shape[dim]
+  if like is not None and explicit_axes(like):
+    index = jax.sharding.reshard(index, jax.typeof(like).sharding.spec)
   return index
 
 

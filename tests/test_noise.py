@@ -74,3 +74,10 @@ def test_draws_are_a_pure_function_of_key_and_flat_index():
   np.testing.assert_array_equal(  # only the flat index matters
       eager.reshape(-1), _noise.standard_normal(key, (120,)))
   assert _noise.standard_normal(key, ()).shape == ()
+
+
+def test_draws_like_an_array_are_the_draws_of_its_shape():
+  key = jax.random.key(2)
+  x = jnp.zeros((6, 7), jnp.bfloat16)
+  np.testing.assert_array_equal(_noise.standard_normal_like(key, x),
+                                _noise.standard_normal(key, (6, 7)))

@@ -41,7 +41,8 @@ needs_devices = pytest.mark.skipif(
 @pytest.mark.skipif(jax.device_count() >= _DEVICES, reason="on 8 devices already")
 @pytest.mark.parametrize("tests", [
     ("test_update_matches_one_device_without_gathering_a_parameter",
-     "test_long_leaves_are_projected_in_place"),
+     "test_long_leaves_are_projected_in_place",
+     "test_flipout_noise_is_drawn_where_the_weights_lie"),
     ("test_train_steps_match_one_device",),
     ("test_before_training_masks_match_one_device",),
 ], ids=lambda tests: tests[0])
@@ -223,6 +224,20 @@ def test_long_leaves_are_projected_in_place(name):
     _assert_shardings_follow_params(sharded, layout)
     # The histograms are all-reduced; no shard of x travels.
     assert _largest_gather(compiled.as_text()) < x.size // _DEVICES
+
+
+@needs_devices
+def test_flipout_noise_is_drawn_where_the_weights_lie():
+  """Each device draws the noise of its own shard: no float array of the
+  whole kernel's shape in the compiled update (a replicated draw of it was
+  computed whole on every device)."""
+  mesh = _mesh("Explicit")
+  with jax.set_mesh(mesh):
+    params = _shard({"w": jnp.ones((64, 48))}, mesh, "fsdp")
+    tx = jaxprune.flipout(optax.sgd(0.1), prune_every=5, noise=1.0)
+    hlo = jax.jit(tx.update).lower(params, tx.init(params), params).compile().as_text()
+  assert "erf-inv" in hlo or "erf_inv" in hlo  # the noise is there
+  assert not re.search(r"f32\[64,48\]", hlo)
 
 
 # --- train steps: a sharded batch through a model ----------------------------
