@@ -48,9 +48,9 @@ def flat_index(shape: tuple[int, ...], dtype=jnp.int32, offset: int = 0,
   """``offset`` plus each entry's row-major position in an array of
   ``shape``, as ``dtype`` (unsigned dtypes wrap around), built from iotas:
   no reshape, so an array of this shape sharded over devices can be
-  indexed where it lies.  With ``like`` (an array of ``shape``) sharded
-  explicitly, the index is sharded as it is, so that each device computes
-  its own part only.
+  indexed where it lies.  With ``like`` (an array of ``shape``), the index
+  is placed as it is (:func:`placed_like`): sharded like it, each device
+  computes its own part only.
 
   >>> flat_index((2, 3)).tolist()
   [[0, 1, 2], [3, 4, 5]]
@@ -62,9 +62,7 @@ def flat_index(shape: tuple[int, ...], dtype=jnp.int32, offset: int = 0,
     index = index + jnp.asarray(stride % 2**bits, dtype) * (
         jax.lax.broadcasted_iota(dtype, shape, dim))
     stride *= shape[dim]
-  if like is not None and explicit_axes(like):
-    index = jax.sharding.reshard(index, jax.typeof(like).sharding.spec)
-  return index
+  return index if like is None else placed_like(index, like)
 
 
 def bin_sums(bins: jax.Array, values: jax.Array | None, num_bins: int,
