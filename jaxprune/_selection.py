@@ -12,7 +12,8 @@ passes over the weights: a histogram of the keys' high 16 bits finds the bin
 that holds the k-th key, and a histogram of the low 16 bits of the keys in
 that bin finds the key itself, with exact counts above and at it.  Each pass
 is one scatter-add into 65536 counters (under sharding, a local histogram and
-an all-reduce of it).  Ties at the threshold are then resolved by a binary
+an all-reduce of it; on a single CPU device, one chunk of the keys at a time,
+so that the scratch does not grow with the weights).  Ties at the threshold are then resolved by a binary
 search over the flat index, which is only run when the threshold value is
 shared by more weights than there are places left.
 
@@ -100,53 +101,70 @@ def count_true(x: jax.Array) -> jax.Array:
 _RADIX_BITS = 16
 _RADIX_BINS = 1 << _RADIX_BITS
 
-
-def _group_counts(
-    predicate: Callable[[int, jax.Array], jax.Array],
-    keys: Sequence[jax.Array],
-    group_ids: Sequence[int],
-    num_groups: int,
-) -> jax.Array:
-  """Sums ``predicate(i, keys[i])`` over the arrays of each group."""
-  per_group = [jnp.zeros((), jnp.int32)] * num_groups
-  for i, key in enumerate(keys):
-    count = count_true(predicate(i, key))
-    per_group[group_ids[i]] = per_group[group_ids[i]] + count
-  return jnp.stack(per_group)
+# On a single CPU device the passes over the keys go through them in chunks
+# of this many elements, so that the scratch arrays of a pass (the bins of a
+# chunk and the ones they add) are this size rather than the keys' size: the
+# whole step's temporary arena then stays small enough for the allocator to
+# reuse it, where a large one is mapped afresh, and page-faulted again, at
+# every execution (benchmarks/page_faults.py).
+_CHUNK = 1 << 18
 
 
-def _histograms(
-    bins_of: Callable[[int, jax.Array], jax.Array],
-    keys: Sequence[jax.Array],
-) -> list[jax.Array]:
-  """One histogram over ``_RADIX_BINS`` bins per key array, as int32.
+def _chunk_size(keys: jax.Array) -> int | None:
+  """The chunk length of the passes over ``keys``; None: the whole array.
 
-  ``bins_of(i, keys[i])`` gives each element's bin, or ``_RADIX_BINS`` for an
-  element that is not counted (dropped by the scatter).
+  Chunks are cut from the flattened array with dynamic slices, which would
+  gather a sharded array, so only arrays on a single CPU device are cut
+  (other backends pool their memory and gain nothing from it).
   """
-  return [_histogram(bins_of(i, key)) for i, key in enumerate(keys)]
+  single_cpu = jax.device_count() == 1 and jax.default_backend() == "cpu"
+  if single_cpu and not _sharding.explicit_axes(keys) and keys.size > _CHUNK:
+    return _CHUNK
+  return None
 
 
-def _histogram(bins: jax.Array) -> jax.Array:
-  """Counts of ``bins`` (any shape) over ``_RADIX_BINS`` bins, as int32; a
-  bin of ``_RADIX_BINS`` is not counted.  Sharded ``bins`` are counted
-  where they lie (see :func:`jaxprune._sharding.bin_sums`)."""
-  return _sharding.bin_sums(bins, None, _RADIX_BINS, jnp.int32)
+class _Part(NamedTuple):
+  """A run of consecutive elements of one key array: all of it (``start``
+  None, any shape, possibly sharded) or a flat chunk from ``start``."""
+
+  keys: jax.Array
+  start: jax.Array | int | None
+
+  def index(self, offset: int = 0) -> jax.Array:
+    """``offset`` plus each element's row-major position in its array."""
+    if self.start is None:
+      return flat_index(self.keys, offset)
+    return (offset + self.start
+            + lax.broadcasted_iota(jnp.int32, self.keys.shape, 0))
 
 
-def _by_group(per_array: Sequence[jax.Array], group_ids: Sequence[int],
-              num_groups: int) -> jax.Array:
-  """The per-array histograms summed over each group: ``[groups, bins]``."""
-  per_group = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
-  for histogram, g in zip(per_array, group_ids):
-    per_group[g] = per_group[g] + histogram
-  return jnp.stack(per_group)
+def _fold(keys: jax.Array, fn: Callable, acc):
+  """``acc = fn(acc, part)`` over the parts of ``keys``, in order: the whole
+  array, or its chunks (see :func:`_chunk_size`) in a loop."""
+  if keys.size == 0:
+    return acc
+  size = _chunk_size(keys)
+  if size is None:
+    return fn(acc, _Part(keys, None))
+  flat = keys.reshape(-1)
+  full, rest = divmod(flat.size, size)
+
+  def body(i, acc):
+    start = i * size
+    return fn(acc, _Part(lax.dynamic_slice_in_dim(flat, start, size), start))
+
+  acc = lax.fori_loop(0, full, body, acc)
+  if rest:
+    acc = fn(acc, _Part(flat[full * size:], full * size))
+  return acc
 
 
-def _count_above(histogram: jax.Array, b: jax.Array) -> jax.Array:
-  """The count in the bins of ``histogram`` above bin ``b``."""
-  above = jnp.arange(_RADIX_BINS, dtype=jnp.int32) > b
-  return jnp.sum(jnp.where(above, histogram, 0))
+def _add_counts(histogram: jax.Array, bins: jax.Array) -> jax.Array:
+  """``histogram`` plus the counts of ``bins`` (a bin of ``_RADIX_BINS`` is
+  not counted); sharded ``bins`` are counted where they lie (see
+  :func:`jaxprune._sharding.bin_sums`)."""
+  return _sharding.bin_sums(bins, None, _RADIX_BINS, jnp.int32,
+                            initial=histogram)
 
 
 def _highest_bin_reaching(
@@ -179,6 +197,19 @@ class Selection(NamedTuple):
   nan_counts: jax.Array
 
 
+class _Cut(NamedTuple):
+  """Where a selection cuts: per group, an element is kept if its key is
+  above ``threshold``, or equal to it at a flat index (within the group)
+  below ``bound``; per array, the element at flat index ``forced`` (-1:
+  none) counts as having the key :data:`FORCED_KEY`."""
+
+  threshold: jax.Array  # uint32 [groups]
+  bound: jax.Array  # int32 [groups]
+  forced: jax.Array  # int32 [arrays]
+  nan_counts: jax.Array  # int32 [groups]
+  max_keys: jax.Array  # uint32 [arrays], the largest key of each array
+
+
 def keep_top_k(
     keys: Sequence[jax.Array],
     group_ids: Sequence[int],
@@ -195,8 +226,8 @@ def keep_top_k(
   of its largest key, if above :data:`PRUNED_KEY`) is kept whatever its
   rank, and the remaining places go by rank.  When every array already has
   an element strictly above the threshold this is the plain selection, which
-  is what is computed first; only otherwise is the selection run again with
-  those elements forced (a rarer, slower path).
+  is what is computed first; only otherwise is the threshold searched again
+  with those elements forced (a rarer, slower path).
 
   Args:
     keys: ``uint32`` arrays from :func:`ranking_keys` (any shapes).
@@ -213,39 +244,47 @@ def keep_top_k(
   """
   group_ids = tuple(group_ids)
   k = jnp.asarray(k, jnp.int32)
-  kept, nan_counts, above_per_array, pruned_per_array = _select(
-      keys, group_ids, group_sizes, k)
-  if not keep_best:
-    return Selection(kept, nan_counts)
+  offsets, running = [], [0] * len(group_sizes)
+  for key, g in zip(keys, group_ids):
+    offsets.append(running[g])
+    running[g] += key.size
+  search = lambda forced: _cut(keys, group_ids, group_sizes, offsets, k, forced)
+  cut = search(None)
+  if keep_best:
+    # Every array keeps an element anyway if its largest key is above the
+    # threshold; an array with no survivor (largest key PRUNED_KEY) is fine.
+    group_of = jnp.asarray(group_ids, jnp.int32)
+    fine = jnp.all((cut.max_keys > cut.threshold[group_of])
+                   | (cut.max_keys == PRUNED_KEY))
+    cut = lax.cond(fine, lambda: cut,
+                   lambda: _forced_cut(keys, cut.max_keys, group_ids, search))
+  kept = []
+  for j, key in enumerate(keys):
+    g = group_ids[j]
+    index = flat_index(key, offsets[j])
+    key = jnp.where(index == offsets[j] + cut.forced[j],
+                    jnp.uint32(FORCED_KEY), key)
+    tie_kept = (key == cut.threshold[g]) & (index < cut.bound[g])
+    kept.append((key > cut.threshold[g]) | tie_kept)
+  return Selection(kept, cut.nan_counts)
 
-  def forced_selection():
-    forced, forced_nan = zip(*(_with_best_forced(key) for key in keys))
-    kept, nan_counts, _, _ = _select(forced, group_ids, group_sizes, k)
-    extra = [jnp.zeros((), jnp.int32)] * len(group_sizes)
-    for g, was_nan in zip(group_ids, forced_nan):
-      extra[g] = extra[g] + was_nan.astype(jnp.int32)
-    return kept, nan_counts + jnp.stack(extra)
 
-  fine = jnp.all(jnp.stack([
-      (above > 0) | (pruned == key.size)  # an array with no survivor is fine
-      for above, pruned, key in zip(above_per_array, pruned_per_array, keys)
-  ]))
-  kept, nan_counts = lax.cond(fine, lambda: (kept, nan_counts),
-                              forced_selection)
-  return Selection(list(kept), nan_counts)
-
-
-def _with_best_forced(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Gives the best surviving element of ``keys`` the key :data:`FORCED_KEY`.
-
-  Returns the new keys and whether the forced element's score was NaN (it no
-  longer shows as NaN in the keys).
-  """
-  best_key = jnp.max(keys)
-  index = flat_index(keys)
-  first = jnp.min(jnp.where(keys == best_key, index, jnp.iinfo(jnp.int32).max))
-  forced = (index == first) & (best_key > PRUNED_KEY)
-  return jnp.where(forced, jnp.uint32(FORCED_KEY), keys), best_key == NAN_KEY
+def _forced_cut(keys, max_keys, group_ids, search) -> _Cut:
+  """The cut with every array's best surviving element forced: the first
+  element holding its largest key, unless that key is :data:`PRUNED_KEY`.
+  A forced element whose score was NaN is still counted as one."""
+  never = jnp.iinfo(jnp.int32).max
+  forced = []
+  for key, best in zip(keys, max_keys):
+    first = _fold(key, lambda acc, part: jnp.minimum(acc, jnp.min(
+        jnp.where(part.keys == best, part.index(), never))), never)
+    forced.append(jnp.where(best > PRUNED_KEY, first, -1))
+  cut = search(jnp.stack(forced))
+  was_nan = [jnp.zeros((), jnp.int32)] * cut.nan_counts.shape[0]
+  for g, best in zip(group_ids, max_keys):
+    was_nan[g] = was_nan[g] + (best == NAN_KEY).astype(jnp.int32)
+  return cut._replace(nan_counts=cut.nan_counts + jnp.stack(was_nan),
+                      max_keys=max_keys)
 
 
 def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
@@ -254,44 +293,55 @@ def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
   return _sharding.flat_index(x.shape, jnp.int32, offset, like=x)
 
 
-def _select(keys, group_ids, group_sizes, k):
-  """The plain top-k selection: kept masks, NaN counts per group, and per
-  array the number of elements strictly above its group's threshold and the
-  number of pruned elements (key :data:`PRUNED_KEY`, alone in bin 0)."""
+def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
+  """The plain top-k cut, with the elements ``forced`` (int32 per array, or
+  None for none) given :data:`FORCED_KEY`."""
   num_groups = len(group_sizes)
 
-  def count(predicate):
-    return _group_counts(predicate, keys, group_ids, num_groups)
+  def keys_of(j, part: _Part) -> jax.Array:
+    if forced is None:
+      return part.keys
+    return jnp.where(part.index() == forced[j], jnp.uint32(FORCED_KEY),
+                     part.keys)
 
   # The threshold t is the k-th largest key: the largest t with
   # count(key >= t) >= k.  Its high 16 bits come from a histogram of every
   # key's high bits, its low 16 bits from a histogram of the low bits of the
   # keys in t's high bin.
-  none_above = jnp.zeros((num_groups,), jnp.int32)
-  high_per_array = _histograms(lambda j, key: key >> _RADIX_BITS, keys)
-  high_histograms = _by_group(high_per_array, group_ids, num_groups)
-  high, _, above_high = _highest_bin_reaching(high_histograms, none_above, k)
+  high_histograms = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
+  max_keys = []
+  for j, key in enumerate(keys):
+
+    def high_pass(acc, part, j=j):
+      histogram, largest = acc
+      chunk = keys_of(j, part)
+      return (_add_counts(histogram, chunk >> _RADIX_BITS),
+              jnp.maximum(largest, jnp.max(chunk)))
+
+    g = group_ids[j]
+    high_histograms[g], largest = _fold(
+        key, high_pass, (high_histograms[g], jnp.uint32(0)))
+    max_keys.append(largest)
+  high_histograms = jnp.stack(high_histograms)
+  high, _, above_high = _highest_bin_reaching(
+      high_histograms, jnp.zeros((num_groups,), jnp.int32), k)
   high = high.astype(jnp.uint32)
 
-  def low_bins(j, key):
-    in_high_bin = (key >> _RADIX_BITS) == high[group_ids[j]]
-    return jnp.where(in_high_bin, key & (_RADIX_BINS - 1), _RADIX_BINS)
+  low_histograms = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
+  for j, key in enumerate(keys):
+    g = group_ids[j]
 
-  low_per_array = _histograms(low_bins, keys)
-  low_histograms = _by_group(low_per_array, group_ids, num_groups)
-  low, at, above = _highest_bin_reaching(low_histograms, above_high, k)
+    def low_pass(histogram, part, j=j, g=g):
+      chunk = keys_of(j, part)
+      in_high_bin = (chunk >> _RADIX_BITS) == high[g]
+      return _add_counts(histogram, jnp.where(
+          in_high_bin, chunk & (_RADIX_BINS - 1), _RADIX_BINS))
+
+    low_histograms[g] = _fold(key, low_pass, low_histograms[g])
+  low, at, above = _highest_bin_reaching(jnp.stack(low_histograms),
+                                         above_high, k)
   threshold = (high << _RADIX_BITS) | low.astype(jnp.uint32)
   places_left = k - above  # in [0, at]
-  above_per_array = [
-      _count_above(h, high[g].astype(jnp.int32)) + _count_above(l, low[g])
-      for h, l, g in zip(high_per_array, low_per_array, group_ids)
-  ]
-
-  offsets = []
-  running = [0] * num_groups
-  for j, key in enumerate(keys):
-    offsets.append(running[group_ids[j]])
-    running[group_ids[j]] += key.size
 
   def tie_bound():
     """Smallest index bound b with count(key == t & index < b) >= places."""
@@ -300,11 +350,17 @@ def _select(keys, group_ids, group_sizes, k):
     def bound_round(i, below):
       bit = jnp.left_shift(jnp.int32(1), jnp.asarray(index_bits - 1 - i, jnp.int32))
       candidate = below | bit
-      tied_before = count(
-          lambda j, key: (key == threshold[group_ids[j]])
-          & (flat_index(key, offsets[j]) < candidate[group_ids[j]])
-      )
-      return jnp.where(tied_before < places_left, candidate, below)
+      tied_before = [jnp.zeros((), jnp.int32)] * num_groups
+      for j, key in enumerate(keys):
+        g = group_ids[j]
+
+        def count(total, part, j=j, g=g):
+          return total + count_true(
+              (keys_of(j, part) == threshold[g])
+              & (part.index(offsets[j]) < candidate[g]))
+
+        tied_before[g] = _fold(key, count, tied_before[g])
+      return jnp.where(jnp.stack(tied_before) < places_left, candidate, below)
 
     below = lax.fori_loop(
         0, index_bits, bound_round, jnp.zeros((num_groups,), jnp.int32)
@@ -314,12 +370,11 @@ def _select(keys, group_ids, group_sizes, k):
   all_ties_fit = jnp.all(places_left == at)
   sizes = jnp.asarray(group_sizes, jnp.int32)
   bound = lax.cond(all_ties_fit, lambda: sizes, tie_bound)
-
-  kept = []
-  for j, key in enumerate(keys):
-    g = group_ids[j]
-    tie_kept = (key == threshold[g]) & (flat_index(key, offsets[j]) < bound[g])
-    kept.append((key > threshold[g]) | tie_kept)
-  nan_counts = high_histograms[:, NAN_KEY >> _RADIX_BITS]
-  pruned_per_array = [h[PRUNED_KEY >> _RADIX_BITS] for h in high_per_array]
-  return kept, nan_counts, above_per_array, pruned_per_array
+  return _Cut(
+      threshold=threshold,
+      bound=bound,
+      forced=(jnp.full((len(keys),), -1, jnp.int32) if forced is None
+              else forced),
+      nan_counts=high_histograms[:, NAN_KEY >> _RADIX_BITS],
+      max_keys=jnp.stack(max_keys),
+  )

@@ -66,8 +66,9 @@ def flat_index(shape: tuple[int, ...], dtype=jnp.int32, offset: int = 0,
 
 
 def bin_sums(bins: jax.Array, values: jax.Array | None, num_bins: int,
-             dtype) -> jax.Array:
-  """Sums of ``values`` (1 each if None) by bin: ``[num_bins]`` in ``dtype``.
+             dtype, initial: jax.Array | None = None) -> jax.Array:
+  """Sums of ``values`` (1 each if None) by bin: ``[num_bins]`` in ``dtype``,
+  added to ``initial`` (zeros if None).
 
   ``bins`` holds each element's bin (any shape); an element of bin
   ``num_bins`` is not counted.  ``values`` has the shape of ``bins``.  A
@@ -80,20 +81,22 @@ def bin_sums(bins: jax.Array, values: jax.Array | None, num_bins: int,
   >>> bin_sums(jnp.array([0, 2, 2, 3]), None, 3, jnp.int32).tolist()
   [1, 0, 2]
   """
+  if initial is None:
+    initial = jnp.zeros((num_bins,), dtype)
 
-  def scatter(b, v):
-    out = jnp.zeros((num_bins,), dtype)
+  def scatter(out, b, v):
     return out.at[b].add(jnp.ones((), dtype) if v is None else v, mode="drop")
 
   axes = explicit_axes(bins)
   if not axes:
-    return scatter(bins, values)
+    return scatter(initial, bins, values)
   spec = jax.typeof(bins).sharding.spec
   operands = (bins,)
   if values is not None:  # sharded as ``bins``, so that the shards match
     operands += (jax.sharding.reshard(values, spec),)
-  return jax.shard_map(
-      lambda b, *v: jax.lax.psum(scatter(b, *v or (None,)), axes),
+  return initial + jax.shard_map(
+      lambda b, *v: jax.lax.psum(
+          scatter(jnp.zeros((num_bins,), dtype), b, *v or (None,)), axes),
       in_specs=(spec,) * len(operands),
       out_specs=jax.sharding.PartitionSpec(),
       axis_names=set(axes),

@@ -1,5 +1,7 @@
 """Exact top-k selection against a numpy sort, ties and NaN included."""
 
+from unittest import mock
+
 import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -75,6 +77,55 @@ def test_jit_and_no_jit_agree(problem):
     eager = _select(scores, alive, tuple(group_ids), tuple(sizes), kept, force_best)
   for a, b in zip(jitted, eager):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@hypothesis.given(_problems())
+@hypothesis.settings(max_examples=60)
+def test_chunked_passes_match_numpy_sort(problem):
+  # Chunks of 3 elements: arrays of one chunk, of several, with a remainder.
+  scores, alive, group_ids, sizes, kept, force_best = problem
+  with mock.patch.object(_selection, "_CHUNK", 3):
+    # A new function each time: a trace made with other chunks is not reused.
+    got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
+        scores, alive, tuple(group_ids), tuple(sizes), kept, force_best)
+  want = reference.keep_top_k(scores, alive, group_ids, kept, force_best)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def test_chunked_passes_on_many_random_scores():
+  rng = np.random.default_rng(1)
+  scores = [rng.normal(size=(300, 200)).astype(np.float32),
+            np.round(rng.normal(size=(1000,)), 1).astype(np.float32)]
+  alive = [rng.random(s.shape) < 0.9 for s in scores]
+  scores[0][:, :3] = 0.1  # ties at the cut, spread over the chunks
+  for k in [1, 3000, 40000]:
+    for force_best in (False, True):
+      with mock.patch.object(_selection, "_CHUNK", 4096):
+        got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
+            scores, alive, (0, 0), (61000,), [k], force_best)
+      want = reference.keep_top_k(scores, alive, [0, 0], [k], force_best)
+      for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), w)
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_scratch_does_not_grow_with_the_keys(keep_best):
+  # On one CPU device the passes go through the keys in chunks, so the
+  # compiled selection's scratch is the same for 1M and 16M keys (it was
+  # several times the keys' bytes, which made XLA:CPU map it afresh, and
+  # fault on every page, at every step).
+  def scratch(n):
+    keys = [jax.ShapeDtypeStruct((n // 4, 4), jnp.uint32),
+            jax.ShapeDtypeStruct((1000,), jnp.uint32)]
+    select = jax.jit(lambda keys, k: _selection.keep_top_k(
+        keys, (0, 0), (n + 1000,), k, keep_best=keep_best))
+    compiled = select.lower(keys, jax.ShapeDtypeStruct((1,), jnp.int32)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  small, large = scratch(2**20), scratch(2**24)
+  assert large == small
+  assert large < 4 * _selection._CHUNK * 4  # a few chunks of 4-byte keys
 
 
 def test_exact_count_on_many_random_scores():
