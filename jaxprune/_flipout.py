@@ -421,13 +421,16 @@ def flipout(
 
   def pruned_masks(masks, flips, params, plan: _pruning._Plan, kept):
     old = _pruning._mask_leaves(masks)
-    keys = []
-    for w, f, m in zip(
-        _pruning._prunable_leaves(params, plan), jax.tree.leaves(flips), old
-    ):
+
+    def keys_of(w, f, m):
       score = _power(jnp.abs(w.astype(jnp.float32)), p)
       score = score / (f.astype(jnp.float32) + 1.0)
-      keys.append(_selection.ranking_keys(score, m))
+      return _selection.ranking_keys(score, m)
+
+    keys = [  # computed a slice at a time where they are ranked
+        _selection.LazyKeys(keys_of, (w, f, m)) for w, f, m in zip(
+            _pruning._prunable_leaves(params, plan), jax.tree.leaves(flips), old)
+    ]
     selection = _selection.keep_top_k(
         keys, plan.group_ids, plan.group_sizes, kept, keep_best=True
     )

@@ -183,12 +183,34 @@ def selected_masks(scores, masks, plan: _Plan, allocation: str, kept: jax.Array)
           f"the criterion's score for {_trees.path_string(path)} has shape "
           f"{jnp.shape(score)}, expected {mask.shape}"
       )
-  keys = [_selection.ranking_keys(s, m) for s, m in zip(new_scores, old)]
+  keys = [_selection.LazyKeys(_selection.ranking_keys, (s, m))
+          for s, m in zip(new_scores, old)]
+  return _ranked_masks(keys, masks, plan, allocation, kept)
+
+
+def _ranked_masks(keys, masks, plan: _Plan, allocation: str, kept: jax.Array):
+  """The masks that keep the ``kept[g]`` highest ``keys`` (one per prunable
+  leaf, arrays or :class:`_selection.LazyKeys`) of each group, and the
+  number of survivors whose score was NaN (see :func:`selected_masks`)."""
+  old = _mask_leaves(masks)
   selection = _selection.keep_top_k(keys, plan.group_ids, plan.group_sizes,
                                     kept, keep_best=allocation == "global")
   new = [k & m for k, m in zip(selection.kept, old)]
   nan_scores = jnp.sum(selection.nan_counts)
   return jax.tree.unflatten(jax.tree.structure(masks), new), nan_scores
+
+
+def _per_weight_keys(per_weight, params, grads, masks, plan: _Plan):
+  """Ranking keys of ``per_weight(param, grad)``, computed where they are
+  ranked (see :class:`jaxprune.criteria.Criterion`)."""
+  def keys_of(w, g, m):
+    return _selection.ranking_keys(per_weight(w, g), m)
+
+  return [
+      _selection.LazyKeys(keys_of, (w, g, m)) for w, g, m in zip(
+          _prunable_leaves(params, plan), _prunable_leaves(grads, plan),
+          _mask_leaves(masks))
+  ]
 
 
 def _mask_gradients(masks, grads):
@@ -423,11 +445,14 @@ def prune(
     )
 
   def refreshed_masks(state: PruneState, params, grads, plan: _Plan, level):
+    kept = jnp.asarray(plan.kept)[level]
+    per_weight = getattr(criterion, "per_weight", None)
+    if per_weight is not None:
+      keys = _per_weight_keys(per_weight, params, grads, state.masks, plan)
+      return _ranked_masks(keys, state.masks, plan, allocation, kept)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     scores = criterion(params, grads, key)
-    return selected_masks(
-        scores, state.masks, plan, allocation, jnp.asarray(plan.kept)[level]
-    )
+    return selected_masks(scores, state.masks, plan, allocation, kept)
 
   def update_fn(updates, state, params=None, **extra_args):
     _require_params(params, "prune")

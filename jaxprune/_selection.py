@@ -110,22 +110,61 @@ _RADIX_BINS = 1 << _RADIX_BITS
 _CHUNK = 1 << 18
 
 
-def _chunk_size(keys: jax.Array) -> int | None:
-  """The chunk length of the passes over ``keys``; None: the whole array.
+class LazyKeys(NamedTuple):
+  """Ranking keys computed where each pass needs them: ``fn(*arrays)``.
 
-  Chunks are cut from the flattened array with dynamic slices, which would
+  ``fn`` must be elementwise over ``arrays`` (all of one shape), so that the
+  keys of a slice of the arrays are ``fn`` of their slices: the selection
+  then never holds the keys (or the scores they come from) of all the
+  weights at once.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> w, alive = jnp.array([0.5, -2.0]), jnp.array([True, True])
+    >>> keys = LazyKeys(lambda w, m: ranking_keys(jnp.abs(w), m), (w, alive))
+    >>> keep_top_k([keys], (0,), (2,), jnp.array([1])).kept[0].tolist()
+    [False, True]
+  """
+
+  fn: Callable[..., jax.Array]
+  arrays: tuple[jax.Array, ...]
+
+  @property
+  def size(self) -> int:
+    return self.arrays[0].size
+
+  def computed(self) -> jax.Array:
+    """The keys of all the elements."""
+    return self.fn(*self.arrays)
+
+
+def _lazy(keys: jax.Array | LazyKeys) -> LazyKeys:
+  if isinstance(keys, LazyKeys):
+    shapes = {jnp.shape(x) for x in keys.arrays}
+    if len(shapes) != 1:
+      raise ValueError(f"LazyKeys needs arrays of one shape, got {sorted(shapes)}")
+    return keys
+  return LazyKeys(lambda k: k, (keys,))
+
+
+def _chunk_size(arrays: Sequence[jax.Array]) -> int | None:
+  """The chunk length of the passes over ``arrays``; None: all at once.
+
+  Chunks are cut from the flattened arrays with dynamic slices, which would
   gather a sharded array, so only arrays on a single CPU device are cut
   (other backends pool their memory and gain nothing from it).
   """
   single_cpu = jax.device_count() == 1 and jax.default_backend() == "cpu"
-  if single_cpu and not _sharding.explicit_axes(keys) and keys.size > _CHUNK:
+  sharded = any(_sharding.explicit_axes(x) for x in arrays)
+  if single_cpu and not sharded and arrays[0].size > _CHUNK:
     return _CHUNK
   return None
 
 
 class _Part(NamedTuple):
-  """A run of consecutive elements of one key array: all of it (``start``
-  None, any shape, possibly sharded) or a flat chunk from ``start``."""
+  """A run of consecutive elements of one key array: its ``keys``, and where
+  they lie: the whole array (``start`` None, any shape, possibly sharded) or
+  a flat chunk from ``start``."""
 
   keys: jax.Array
   start: jax.Array | int | None
@@ -138,24 +177,25 @@ class _Part(NamedTuple):
             + lax.broadcasted_iota(jnp.int32, self.keys.shape, 0))
 
 
-def _fold(keys: jax.Array, fn: Callable, acc):
+def _fold(keys: LazyKeys, fn: Callable, acc):
   """``acc = fn(acc, part)`` over the parts of ``keys``, in order: the whole
   array, or its chunks (see :func:`_chunk_size`) in a loop."""
   if keys.size == 0:
     return acc
-  size = _chunk_size(keys)
+  size = _chunk_size(keys.arrays)
   if size is None:
-    return fn(acc, _Part(keys, None))
-  flat = keys.reshape(-1)
-  full, rest = divmod(flat.size, size)
+    return fn(acc, _Part(keys.computed(), None))
+  flat = [x.reshape(-1) for x in keys.arrays]
+  full, rest = divmod(keys.size, size)
 
   def body(i, acc):
     start = i * size
-    return fn(acc, _Part(lax.dynamic_slice_in_dim(flat, start, size), start))
+    chunk = keys.fn(*(lax.dynamic_slice_in_dim(x, start, size) for x in flat))
+    return fn(acc, _Part(chunk, start))
 
   acc = lax.fori_loop(0, full, body, acc)
   if rest:
-    acc = fn(acc, _Part(flat[full * size:], full * size))
+    acc = fn(acc, _Part(keys.fn(*(x[full * size:] for x in flat)), full * size))
   return acc
 
 
@@ -230,7 +270,8 @@ def keep_top_k(
   with those elements forced (a rarer, slower path).
 
   Args:
-    keys: ``uint32`` arrays from :func:`ranking_keys` (any shapes).
+    keys: ``uint32`` arrays from :func:`ranking_keys` (any shapes), or
+      :class:`LazyKeys` that compute them.
     group_ids: static group index of each array, in ``[0, len(group_sizes))``.
     group_sizes: static number of elements of each group; each below 2**31.
     k: int32 vector, the number of elements to keep in each group, each in
@@ -243,6 +284,7 @@ def keep_top_k(
     along the way.
   """
   group_ids = tuple(group_ids)
+  keys = [_lazy(key) for key in keys]
   k = jnp.asarray(k, jnp.int32)
   offsets, running = [], [0] * len(group_sizes)
   for key, g in zip(keys, group_ids):
@@ -261,6 +303,7 @@ def keep_top_k(
   kept = []
   for j, key in enumerate(keys):
     g = group_ids[j]
+    key = key.computed()
     index = flat_index(key, offsets[j])
     key = jnp.where(index == offsets[j] + cut.forced[j],
                     jnp.uint32(FORCED_KEY), key)

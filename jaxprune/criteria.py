@@ -31,7 +31,15 @@ __all__ = ["Criterion", "magnitude", "random", "saliency"]
 
 
 class Criterion(Protocol):
-  """The signature of a pruning criterion."""
+  """The signature of a pruning criterion.
+
+  A criterion whose score of each weight depends only on that weight and its
+  gradient may say so with a ``per_weight`` attribute, the function
+  ``(param, grad) -> score`` that it applies elementwise to every leaf (as
+  :func:`magnitude` and :func:`saliency` do).  The mask update then computes
+  the scores a slice at a time where it ranks them, instead of holding the
+  scores of all the weights at once; the masks are the same.
+  """
 
   def __call__(self, params: Any, grads: Any, key: jax.Array) -> Any:
     ...
@@ -41,6 +49,9 @@ def magnitude(params: Any, grads: Any, key: jax.Array) -> Any:
   """``|w|``: keeps the largest weights."""
   del grads, key
   return jax.tree.map(jnp.abs, params)
+
+
+magnitude.per_weight = lambda param, grad: jnp.abs(param)
 
 
 def random(params: Any, grads: Any, key: jax.Array) -> Any:
@@ -63,4 +74,7 @@ def saliency(params: Any, grads: Any, key: jax.Array) -> Any:
   del key
   if grads is None:
     raise ValueError("the saliency criterion needs gradients, got None")
-  return jax.tree.map(lambda w, g: jnp.abs(g * w), params, grads)
+  return jax.tree.map(saliency.per_weight, params, grads)
+
+
+saliency.per_weight = lambda param, grad: jnp.abs(grad * param)

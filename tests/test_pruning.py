@@ -1,6 +1,7 @@
 """jaxprune.prune: exact masks, schedules under jit, and bad input."""
 
 import math
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 import jaxprune
 import reference
 import stepping
-from jaxprune import criteria, schedules
+from jaxprune import _selection, criteria, schedules
 
 
 def _params(seed=0, dtype=np.float32):
@@ -354,3 +355,38 @@ def test_criterion_returning_the_wrong_tree():
   tx = _tx(criterion=lambda p, g, k: {"oops": 1.0})
   with pytest.raises(ValueError, match="criterion's scores"):
     tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("criterion", [criteria.magnitude, criteria.saliency])
+@pytest.mark.parametrize("allocation", ["global", "layerwise"])
+def test_per_weight_scores_give_the_masks_of_whole_tree_scores(criterion, allocation):
+  # magnitude and saliency carry ``per_weight``, so prune scores their
+  # weights a chunk at a time where it ranks them (chunks of 64 here, over
+  # several leaves); a criterion without it hands over the scores of the
+  # whole tree.  The masks must be the same.
+  params = _params(seed=3)
+  grads = _grads(params, seed=4)
+  whole_tree = lambda p, g, k: criterion(p, g, k)
+  masks = []
+  for c in (criterion, whole_tree):
+    tx = jaxprune.prune(optax.sgd(0.1), criterion=c, allocation=allocation,
+                        schedule=schedules.one_shot(0.7, 0))
+    with mock.patch.object(_selection, "_CHUNK", 64):
+      _, state = jax.jit(lambda g, s, p: tx.update(g, s, p))(
+          grads, tx.init(params), params)
+    masks.append(_kernels(jaxprune.masks_of(state)))
+  scores = _kernels(criterion(params, grads, None))
+  want = reference.keep_top_k(
+      [np.asarray(x) for x in scores], [np.ones(x.shape, bool) for x in scores],
+      [0, 0, 0] if allocation == "global" else [0, 1, 2],
+      _kept_counts(scores, 0.7, allocation), force_best=allocation == "global")
+  for per_weight, whole, w in zip(*masks, want):
+    np.testing.assert_array_equal(np.asarray(per_weight), w)
+    np.testing.assert_array_equal(np.asarray(whole), w)
+
+
+def _kept_counts(scores, sparsity, allocation):
+  sizes = [x.size for x in scores]
+  if allocation == "global":
+    return [sum(sizes) - round(sparsity * sum(sizes))]
+  return [max(n - round(sparsity * n), 1) for n in sizes]
