@@ -209,3 +209,18 @@ def test_keep_best_forces_an_array_that_ranks_below_the_threshold():
   # The first 0.2 of the first array is forced; one place is left for 8.0.
   assert [m.tolist() for m in forced] == [[False, True, False],
                                           [False, True, False, False]]
+
+
+def test_lazy_keys_match_computed_keys_and_need_one_shape():
+  w = jnp.array([[0.5, -2.0, 1.0], [0.0, 3.0, -0.1]])
+  alive = jnp.array([[True, True, False], [True, True, True]])
+  keys_of = lambda w, m: _selection.ranking_keys(jnp.abs(w), m)
+  lazy = _selection.keep_top_k([_selection.LazyKeys(keys_of, (w, alive))],
+                               (0,), (6,), jnp.array([3])).kept[0]
+  whole = _selection.keep_top_k([keys_of(w, alive)], (0,), (6,),
+                                jnp.array([3])).kept[0]
+  assert lazy.tolist() == whole.tolist() == [[True, True, False],
+                                             [False, True, False]]
+  with pytest.raises(ValueError, match="arrays of one shape"):
+    _selection.keep_top_k([_selection.LazyKeys(keys_of, (w, alive[0]))],
+                          (0,), (6,), jnp.array([3]))
