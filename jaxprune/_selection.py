@@ -13,9 +13,11 @@ that holds the k-th key, and a histogram of the low 16 bits of the keys in
 that bin finds the key itself, with exact counts above and at it.  Each pass
 is one scatter-add into 65536 counters (under sharding, a local histogram and
 an all-reduce of it; on a single CPU device, one chunk of the keys at a time,
-so that the scratch does not grow with the weights).  Ties at the threshold are then resolved by a binary
-search over the flat index, which is only run when the threshold value is
-shared by more weights than there are places left.
+so that the scratch does not grow with the weights).  Ties at the threshold
+are then resolved by the same two-pass radix search over the tied weights'
+flat indices, which is only run when the threshold value is shared by more
+weights than there are places left (at 100M float32 scores, a few weights
+share almost every value, so this is the common case there).
 
 Example:
   >>> import jax.numpy as jnp
@@ -370,45 +372,51 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
       high_histograms, jnp.zeros((num_groups,), jnp.int32), k)
   high = high.astype(jnp.uint32)
 
-  low_histograms = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
-  for j, key in enumerate(keys):
-    g = group_ids[j]
+  def histograms(bins_of) -> jax.Array:
+    """``[groups, bins]``: the counts of ``bins_of(j, g, part)`` over the
+    parts of every array ``j`` of each group ``g`` (bin ``_RADIX_BINS``: not
+    counted)."""
+    per_group = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
+    for j, key in enumerate(keys):
+      g = group_ids[j]
+      per_group[g] = _fold(key, lambda h, part, j=j, g=g: _add_counts(
+          h, bins_of(j, g, part)), per_group[g])
+    return jnp.stack(per_group)
 
-    def low_pass(histogram, part, j=j, g=g):
-      chunk = keys_of(j, part)
-      in_high_bin = (chunk >> _RADIX_BITS) == high[g]
-      return _add_counts(histogram, jnp.where(
-          in_high_bin, chunk & (_RADIX_BINS - 1), _RADIX_BINS))
+  def low_bins(j, g, part):
+    chunk = keys_of(j, part)
+    return jnp.where((chunk >> _RADIX_BITS) == high[g],
+                     chunk & (_RADIX_BINS - 1), _RADIX_BINS)
 
-    low_histograms[g] = _fold(key, low_pass, low_histograms[g])
-  low, at, above = _highest_bin_reaching(jnp.stack(low_histograms),
-                                         above_high, k)
+  low, at, above = _highest_bin_reaching(histograms(low_bins), above_high, k)
   threshold = (high << _RADIX_BITS) | low.astype(jnp.uint32)
   places_left = k - above  # in [0, at]
 
   def tie_bound():
-    """Smallest index bound b with count(key == t & index < b) >= places."""
-    index_bits = max(max(group_sizes), 1).bit_length()
+    """One past the flat index of the ``places_left``-th tied element (key
+    ``t``) of each group, 0 where no place is left: the same radix search
+    as the threshold's, over the tied elements' indices, from the lowest."""
 
-    def bound_round(i, below):
-      bit = jnp.left_shift(jnp.int32(1), jnp.asarray(index_bits - 1 - i, jnp.int32))
-      candidate = below | bit
-      tied_before = [jnp.zeros((), jnp.int32)] * num_groups
-      for j, key in enumerate(keys):
-        g = group_ids[j]
+    def tied_index_bins(bins_of):
+      def bins(j, g, part):
+        tied = keys_of(j, part) == threshold[g]
+        return jnp.where(tied, bins_of(g, part.index(offsets[j])), _RADIX_BINS)
+      return histograms(bins)
 
-        def count(total, part, j=j, g=g):
-          return total + count_true(
-              (keys_of(j, part) == threshold[g])
-              & (part.index(offsets[j]) < candidate[g]))
+    def lowest_bin_reaching(histograms, below):
+      # The highest-bin search over the bins in reverse order.
+      reversed_bin, _, below = _highest_bin_reaching(
+          histograms[:, ::-1], below, places_left)
+      return (_RADIX_BINS - 1) - reversed_bin, below
 
-        tied_before[g] = _fold(key, count, tied_before[g])
-      return jnp.where(jnp.stack(tied_before) < places_left, candidate, below)
-
-    below = lax.fori_loop(
-        0, index_bits, bound_round, jnp.zeros((num_groups,), jnp.int32)
-    )
-    return jnp.where(places_left > 0, below + 1, 0)
+    high, below = lowest_bin_reaching(
+        tied_index_bins(lambda g, index: index >> _RADIX_BITS),
+        jnp.zeros((num_groups,), jnp.int32))
+    low, _ = lowest_bin_reaching(tied_index_bins(lambda g, index: jnp.where(
+        (index >> _RADIX_BITS) == high[g], index & (_RADIX_BINS - 1),
+        _RADIX_BINS)), below)
+    index = (high << _RADIX_BITS) | low
+    return jnp.where(places_left > 0, index + 1, 0)
 
   all_ties_fit = jnp.all(places_left == at)
   sizes = jnp.asarray(group_sizes, jnp.int32)

@@ -224,3 +224,21 @@ def test_lazy_keys_match_computed_keys_and_need_one_shape():
   with pytest.raises(ValueError, match="arrays of one shape"):
     _selection.keep_top_k([_selection.LazyKeys(keys_of, (w, alive[0]))],
                           (0,), (6,), jnp.array([3]))
+
+
+@pytest.mark.parametrize("chunk", [None, 4096])
+def test_ties_broken_among_indices_past_two_to_the_sixteen(chunk):
+  # Scores rounded to 2 decimals: the threshold value is shared by about a
+  # thousand weights spread over 300k indices, so the tie search needs both
+  # halves of the index (its radix search reads 16 bits at a time).
+  rng = np.random.default_rng(2)
+  scores = [np.round(rng.normal(size=(600, 500)), 2).astype(np.float32),
+            np.round(rng.normal(size=(70000,)), 2).astype(np.float32)]
+  alive = [rng.random(s.shape) < 0.95 for s in scores]
+  for k in [123457, 300001]:
+    with mock.patch.object(_selection, "_CHUNK", chunk or _selection._CHUNK):
+      got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
+          scores, alive, (0, 0), (370000,), [k], False)
+    want = reference.keep_top_k(scores, alive, [0, 0], [k])
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(g), w)
