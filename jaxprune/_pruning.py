@@ -422,6 +422,10 @@ def prune(
     )
   if not callable(criterion):
     raise TypeError(f"criterion must be callable, got {criterion!r}")
+  if not callable(getattr(criterion, "per_weight", callable)):
+    raise TypeError(
+        "criterion.per_weight must be a (param, grad) -> score function, got "
+        f"{criterion.per_weight!r}")
   if prunable is not None and not callable(prunable):
     raise TypeError(f"prunable must be a (path, leaf) -> bool function, got {prunable!r}")
   if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):

@@ -390,3 +390,13 @@ def _kept_counts(scores, sparsity, allocation):
   if allocation == "global":
     return [sum(sizes) - round(sparsity * sum(sizes))]
   return [max(n - round(sparsity * n), 1) for n in sizes]
+
+
+def test_per_weight_that_is_not_a_function_is_refused():
+  def criterion(params, grads, key):
+    return criteria.magnitude(params, grads, key)
+
+  criterion.per_weight = 2.0
+  with pytest.raises(TypeError, match="per_weight must be a"):
+    jaxprune.prune(optax.sgd(0.1), criterion=criterion,
+                   schedule=schedules.one_shot(0.5, 0))
