@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from experiments import config as config_lib
+from experiments import files
 from experiments.config import Config
 
 _EPOCH = 60000 // 128
@@ -333,9 +334,13 @@ def write_results(name: str, records: Sequence[dict], out: pathlib.Path,
   results = {"command": command, "rows": rows, "runs": list(records)}
   if earlier_commands:
     results["earlier_commands"] = list(earlier_commands)
-  (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+  # Written whole or not at all: --keep-earlier reads results.json back,
+  # and it may hold runs whose directories are gone.
+  files.write_text_atomically(out / "results.json",
+                              json.dumps(results, indent=2) + "\n")
   produced = "".join(f"`{c}`, then " for c in earlier_commands)
-  (out / "table.md").write_text(
+  files.write_text_atomically(
+      out / "table.md",
       f"# Sweep `{name}`\n\nProduced by {produced}`{command}`.\n"
       + markdown_table(rows))
   plot(rows, out / "accuracy_vs_sparsity.png", name)

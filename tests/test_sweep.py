@@ -92,3 +92,24 @@ def test_keep_earlier_merges_runs_done_elsewhere(tmp_path):
   # A third extension keeps the whole history of commands.
   _, commands = sweep.with_earlier_runs([run(3, 0.9)], tmp_path)
   assert commands == ["first", "second"]
+
+
+def test_results_survive_a_write_killed_halfway(tmp_path, monkeypatch):
+  # --keep-earlier reads results.json back, and it may hold the only copy
+  # of runs whose directories are gone: a write that dies must leave the
+  # old file whole.
+  run = {"dataset": "mnist", "model": "lenet5", "method": "flipout",
+         "target_sparsity": 0.99, "seed": 0, "global_sparsity": 0.99,
+         "final_test_accuracy": 0.5}
+  sweep.write_results("demo", [run], tmp_path, "first")
+  before = (tmp_path / "results.json").read_text()
+
+  def killed(*args):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr("os.replace", killed)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.write_results("demo", [dict(run, seed=1)], tmp_path, "second")
+  assert (tmp_path / "results.json").read_text() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "accuracy_vs_sparsity.png", "results.json", "table.md"]
