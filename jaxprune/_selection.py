@@ -307,8 +307,8 @@ def keep_top_k(
     g = group_ids[j]
     key = key.computed()
     index = flat_index(key, offsets[j])
-    key = jnp.where(index == offsets[j] + cut.forced[j],
-                    jnp.uint32(FORCED_KEY), key)
+    if keep_best:  # otherwise nothing is forced
+      key = _with_forced(key, index, offsets[j] + cut.forced[j])
     tie_kept = (key == cut.threshold[g]) & (index < cut.bound[g])
     kept.append((key > cut.threshold[g]) | tie_kept)
   return Selection(kept, cut.nan_counts)
@@ -332,6 +332,13 @@ def _forced_cut(keys, max_keys, group_ids, search) -> _Cut:
                       max_keys=max_keys)
 
 
+def _with_forced(keys: jax.Array, index: jax.Array,
+                 forced: jax.Array) -> jax.Array:
+  """``keys`` with the element whose ``index`` is ``forced`` given
+  :data:`FORCED_KEY` (none if ``forced`` matches no index)."""
+  return jnp.where(index == forced, jnp.uint32(FORCED_KEY), keys)
+
+
 def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
   """``offset`` plus each element's row-major position in ``x``, as int32
   of ``x``'s shape, computed in place (see :func:`_sharding.flat_index`)."""
@@ -346,8 +353,7 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
   def keys_of(j, part: _Part) -> jax.Array:
     if forced is None:
       return part.keys
-    return jnp.where(part.index() == forced[j], jnp.uint32(FORCED_KEY),
-                     part.keys)
+    return _with_forced(part.keys, part.index(), forced[j])
 
   # The threshold t is the k-th largest key: the largest t with
   # count(key >= t) >= k.  Its high 16 bits come from a histogram of every
