@@ -114,7 +114,7 @@ SWEEPS: dict[str, Sweep] = {
     "before_training": Sweep(
         base=_BEFORE_TRAINING_BASE,
         grid={
-            "dataset": ("fashion_mnist",),
+            "dataset": ("fashion_mnist", "mnist"),
             "method": ("snip", "snip_it", "grasp", "synflow", "random"),
             "sparsity": (0.9, 0.95, 0.98, 0.99, 0.995),
         },
