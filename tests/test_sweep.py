@@ -6,6 +6,8 @@ import json
 import pytest
 
 from experiments import config as config_lib
+from experiments import data
+from experiments import models
 from experiments import sweep
 
 
@@ -17,6 +19,15 @@ def test_cells_cover_the_grid_and_seeds():
   snip = [c for c in cells if c.method == "snip"]
   assert snip and all(c.schedule == "constant" for c in snip)
   assert all(c.schedule == "geometric" for c in cells if c.method != "snip")
+
+
+@pytest.mark.parametrize("name", sorted(sweep.SWEEPS))
+def test_every_sweep_has_distinct_cells_of_known_models(name):
+  cells = sweep.SWEEPS[name].cells()
+  assert len({c.name for c in cells}) == len(cells)
+  for model in {c.model for c in cells}:
+    models.get_model(model)  # raises on an unknown name
+  assert {c.dataset for c in cells} <= set(data.NAMES)
 
 
 def test_only_keeps_the_listed_grid_values():
