@@ -91,6 +91,10 @@ _BEFORE_TRAINING_BASE = Config(
     optimizer="adam", learning_rate=1e-3, schedule="constant",
     log_every=_EPOCH // 2, eval_every=0, checkpoint_every=0,
 )
+_BEFORE_TRAINING_GRID = {
+    "method": ("snip", "snip_it", "grasp", "synflow", "random"),
+    "sparsity": (0.9, 0.95, 0.98, 0.99, 0.995),
+}
 
 SWEEPS: dict[str, Sweep] = {
     # FlipOut against global magnitude, random and SNIP on the same geometric
@@ -113,11 +117,7 @@ SWEEPS: dict[str, Sweep] = {
     # Pruning before training: SNIP, SNIP-it, GraSP, SynFlow and random.
     "before_training": Sweep(
         base=_BEFORE_TRAINING_BASE,
-        grid={
-            "dataset": ("fashion_mnist", "mnist"),
-            "method": ("snip", "snip_it", "grasp", "synflow", "random"),
-            "sparsity": (0.9, 0.95, 0.98, 0.99, 0.995),
-        },
+        grid={"dataset": ("fashion_mnist", "mnist"), **_BEFORE_TRAINING_GRID},
     ),
     # The same on Conv-6 (1.8M weights on 28x28 inputs): the comparison of
     # SNIP and SNIP-it on a deeper network.  A dense step at batch 128 takes
@@ -128,11 +128,7 @@ SWEEPS: dict[str, Sweep] = {
         base=dataclasses.replace(_BEFORE_TRAINING_BASE, model="conv6",
                                  steps=_EPOCH, log_every=_EPOCH // 4,
                                  init_batch_size=128),
-        grid={
-            "dataset": ("fashion_mnist",),
-            "method": ("snip", "snip_it", "grasp", "synflow", "random"),
-            "sparsity": (0.9, 0.95, 0.98, 0.99, 0.995),
-        },
+        grid={"dataset": ("fashion_mnist",), **_BEFORE_TRAINING_GRID},
     ),
     # During training at 98%: SNIP-it's 7 rounds (0.5 ... 0.98) every half
     # epoch from half an epoch on, against gradual magnitude pruning over the
