@@ -187,6 +187,14 @@ def _add_counts(histogram: jax.Array, bins: jax.Array) -> jax.Array:
                             initial=histogram)
 
 
+def _low_bins(values: jax.Array, high: jax.Array) -> jax.Array:
+  """The low 16 bits of the ``values`` whose high bits equal ``high``; the
+  uncounted bin ``_RADIX_BINS`` for the others (the second pass of a radix
+  search)."""
+  return jnp.where((values >> _RADIX_BITS) == high,
+                   values & (_RADIX_BINS - 1), _RADIX_BINS)
+
+
 def _highest_bin_reaching(
     histograms: jax.Array, above: jax.Array, k: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -369,8 +377,7 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
 
   def low_bins(j, g, part):
     chunk = keys_of(j, part)
-    return jnp.where((chunk >> _RADIX_BITS) == high[g],
-                     chunk & (_RADIX_BINS - 1), _RADIX_BINS)
+    return _low_bins(chunk, high[g])
 
   low, at, above = _highest_bin_reaching(histograms(low_bins), above_high, k)
   threshold = (high << _RADIX_BITS) | low.astype(jnp.uint32)
@@ -396,9 +403,8 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
     high, below = lowest_bin_reaching(
         tied_index_bins(lambda g, index: index >> _RADIX_BITS),
         jnp.zeros((num_groups,), jnp.int32))
-    low, _ = lowest_bin_reaching(tied_index_bins(lambda g, index: jnp.where(
-        (index >> _RADIX_BITS) == high[g], index & (_RADIX_BINS - 1),
-        _RADIX_BINS)), below)
+    low, _ = lowest_bin_reaching(
+        tied_index_bins(lambda g, index: _low_bins(index, high[g])), below)
     index = (high << _RADIX_BITS) | low
     return jnp.where(places_left > 0, index + 1, 0)
 
