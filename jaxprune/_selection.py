@@ -13,11 +13,12 @@ that holds the k-th key, and a histogram of the low 16 bits of the keys in
 that bin finds the key itself, with exact counts above and at it.  Each pass
 is one scatter-add into 65536 counters (under sharding, a local histogram and
 an all-reduce of it; on a single CPU device, one chunk of the keys at a time,
-so that the scratch does not grow with the weights).  Ties at the threshold
-are then resolved by the same two-pass radix search over the tied weights'
-flat indices, which is only run when the threshold value is shared by more
-weights than there are places left (at 100M float32 scores, a few weights
-share almost every value, so this is the common case there).
+so that the scratch does not grow with the weights).  When the threshold
+value is shared by more weights than there are places left (at 100M float32
+scores, a few weights share almost every value, so this is the common case
+there), the tied weights are kept from the lowest flat index: a few places
+are found by one pass per place that takes the next tied index (a minimum),
+many by the same two-pass radix search over the tied weights' indices.
 
 Example:
   >>> import jax.numpy as jnp
@@ -88,6 +89,10 @@ _RADIX_BINS = 1 << _RADIX_BITS
 # reuse it, where a large one is mapped afresh, and page-faulted again, at
 # every execution (benchmarks/page_faults.py).
 _CHUNK = 1 << 18
+
+# Ties at the threshold with at most this many places left are broken by
+# successive minima rather than by the radix search (see _cut).
+_MAX_MINIMA = 4
 
 
 class LazyKeys(NamedTuple):
@@ -408,9 +413,40 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
     index = (high << _RADIX_BITS) | low
     return jnp.where(places_left > 0, index + 1, 0)
 
+  def tie_bound_by_minima():
+    """:func:`tie_bound` by successive minima: each trip finds every
+    group's next tied index, one pass over the weights per place left."""
+    never = jnp.iinfo(jnp.int32).max
+
+    def next_tied(bound):
+      lowest = [jnp.full((), never)] * num_groups
+      for j, key in enumerate(keys):
+        g = group_ids[j]
+
+        def lowest_in(acc, part, j=j, g=g):
+          index = part.index(offsets[j])
+          tied = (keys_of(j, part) == threshold[g]) & (index >= bound[g])
+          return jnp.minimum(acc, jnp.min(jnp.where(tied, index, never)))
+
+        lowest[g] = _fold(key, lowest_in, lowest[g])
+      return jnp.stack(lowest)
+
+    def trip(i, bound):
+      return jnp.where(i < places_left, next_tied(bound) + 1, bound)
+
+    return lax.fori_loop(0, jnp.max(places_left), trip,
+                         jnp.zeros((num_groups,), jnp.int32))
+
+  # A few places among a few ties is the common case with float32 scores (at
+  # 26M weights, two weights often share the threshold's value): a pass that
+  # takes a minimum costs about a third of a scatter-add pass, so up to
+  # _MAX_MINIMA places are found by minima, more by the radix search.
   all_ties_fit = jnp.all(places_left == at)
   sizes = jnp.asarray(group_sizes, jnp.int32)
-  bound = lax.cond(all_ties_fit, lambda: sizes, tie_bound)
+  bound = lax.cond(
+      all_ties_fit, lambda: sizes,
+      lambda: lax.cond(jnp.max(places_left) <= _MAX_MINIMA,
+                       tie_bound_by_minima, tie_bound))
   return _Cut(
       threshold=threshold,
       bound=bound,

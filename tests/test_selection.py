@@ -219,6 +219,32 @@ def test_lazy_keys_match_computed_keys_and_need_one_shape():
 
 
 @pytest.mark.parametrize("chunk", [None, 4096])
+@pytest.mark.parametrize("places", [1, _selection._MAX_MINIMA,
+                                    _selection._MAX_MINIMA + 1])
+def test_few_places_among_ties_on_either_side_of_the_minima_limit(chunk, places):
+  # Up to _MAX_MINIMA places among the tied weights are found by successive
+  # minima, more by the radix search: both must keep the lowest indices, with
+  # the tied weights spread over two arrays and many chunks.
+  rng = np.random.default_rng(3)
+  scores = [np.round(rng.normal(size=(300, 100)), 2).astype(np.float32),
+            np.round(rng.normal(size=(20000,)), 2).astype(np.float32)]
+  alive = [rng.random(s.shape) < 0.9 for s in scores]
+  # The first tied weights are neighbours, so a search that skipped the next
+  # index would keep the wrong ones.
+  scores[0][0, 5:12], alive[0][0, 5:12] = 0.0, True
+  alive_scores = np.concatenate([s[a] for s, a in zip(scores, alive)])
+  threshold = 0.0
+  k = int(np.sum(alive_scores > threshold)) + places
+  assert np.sum(alive_scores == threshold) > places  # a tie to break
+  with mock.patch.object(_selection, "_CHUNK", chunk or _selection._CHUNK):
+    got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
+        scores, alive, (0, 0), (50000,), [k], False)
+  want = reference.keep_top_k(scores, alive, [0, 0], [k])
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), w)
+
+
+@pytest.mark.parametrize("chunk", [None, 4096])
 def test_ties_broken_among_indices_past_two_to_the_sixteen(chunk):
   # Scores rounded to 2 decimals: the threshold value is shared by about a
   # thousand weights spread over 300k indices, so the tie search needs both
