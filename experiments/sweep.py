@@ -130,6 +130,16 @@ SWEEPS: dict[str, Sweep] = {
                                  init_batch_size=128),
         grid={"dataset": ("fashion_mnist",), **_BEFORE_TRAINING_GRID},
     ),
+    # SNIP and SNIP-it as published: plain global top-k, with no weight kept
+    # per tensor, so that a layer can be cut off (the claim that SNIP-it
+    # avoids the layer collapse SNIP suffers at high sparsity).
+    "before_training_topk": Sweep(
+        base=dataclasses.replace(_BEFORE_TRAINING_BASE,
+                                 allocation="global_topk"),
+        grid={"dataset": ("fashion_mnist", "mnist"),
+              "method": ("snip", "snip_it"),
+              "sparsity": _BEFORE_TRAINING_GRID["sparsity"]},
+    ),
     # During training at 98%: SNIP-it's 7 rounds (0.5 ... 0.98) every half
     # epoch from half an epoch on, against gradual magnitude pruning over the
     # same span (updates every quarter epoch); 5 epochs in all.

@@ -6,6 +6,9 @@ the train step is traced.
 
 - ``"global"``: one group of all prunable weights; ``round(s * N)`` of them
   are pruned.  Each tensor keeps at least its best weight (see ``prune``).
+- ``"global_topk"``: the same group and count, ranked by plain top-k with
+  no floor per tensor, as in the papers' SNIP: a tensor can lose every
+  weight (layer collapse).
 - ``"layerwise"``: every tensor is its own group and loses ``round(s * n)``.
 - ``"erk"``: every tensor is its own group, with the Erdos-Renyi-Kernel
   density of Evci et al. (2020): proportional to ``sum(shape) / prod(shape)``,
@@ -26,7 +29,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-ALLOCATIONS = ("global", "layerwise", "erk")
+ALLOCATIONS = ("global", "global_topk", "layerwise", "erk")
+GLOBAL_ALLOCATIONS = ("global", "global_topk")
 
 Shape = tuple[int, ...]
 
@@ -44,7 +48,7 @@ def group_layout(
   """The group of each tensor and the size of each group."""
   check_allocation(allocation)
   sizes = [math.prod(shape) for shape in shapes]
-  if allocation == "global":
+  if allocation in GLOBAL_ALLOCATIONS:
     return (0,) * len(shapes), (sum(sizes),)
   return tuple(range(len(shapes))), tuple(sizes)
 
@@ -93,21 +97,22 @@ def kept_counts(
   Args:
     sparsity: the target fraction of prunable weights removed, in ``[0, 1]``.
     shapes: the prunable tensors' shapes, in tree order.
-    allocation: ``"global"``, ``"layerwise"`` or ``"erk"``.
+    allocation: one of :data:`ALLOCATIONS`.
 
   Returns:
     One int per group of :func:`group_layout`.
 
   Raises:
-    ValueError: for an unknown allocation, or a global sparsity below 1 that
-      keeps fewer weights than there are tensors (a tensor would be emptied).
+    ValueError: for an unknown allocation, or a ``"global"`` sparsity below
+      1 that keeps fewer weights than there are tensors (a tensor would be
+      emptied).
   """
   check_allocation(allocation)
   sizes = [math.prod(shape) for shape in shapes]
-  if allocation == "global":
+  if allocation in GLOBAL_ALLOCATIONS:
     total = sum(sizes)
     kept = total - round(sparsity * total)
-    if sparsity < 1.0 and kept < len(sizes):
+    if allocation == "global" and sparsity < 1.0 and kept < len(sizes):
       raise ValueError(
           f"global sparsity {sparsity} keeps {kept} of {total} weights, fewer "
           f"than the {len(sizes)} prunable tensors: some tensor would be "

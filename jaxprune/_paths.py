@@ -125,7 +125,9 @@ def synflow(
     input_shape: one example's shape, e.g. ``(28, 28, 1)``.
     sparsity: the fraction of prunable weights removed, in ``[0, 1]``.
     rounds: the number of rounds (100 in the paper).
-    allocation: ``"global"`` (the paper), ``"layerwise"`` or ``"erk"``.
+    allocation: ``"global"`` (one ranking over all tensors, each keeping
+      its best weight), ``"global_topk"`` (the papers' plain global top-k,
+      which can empty a tensor), ``"layerwise"`` or ``"erk"``.
     prunable: ``(path, leaf) -> bool``; by default the floating leaves with
       ``ndim >= 2``.
 

@@ -345,11 +345,14 @@ def prune(
 
   - A group of ``n`` weights at sparsity ``s`` keeps ``n - round(s * n)``
     (Python's round, half to even).  Groups are all prunable weights for
-    ``"global"``, each tensor for ``"layerwise"`` and ``"erk"``.
+    ``"global"`` and ``"global_topk"``, each tensor for ``"layerwise"`` and
+    ``"erk"``.
   - No tensor is emptied unless the sparsity is 1: in the per-tensor
     allocations a tensor keeps at least one weight; under ``"global"`` each
     tensor's best surviving weight is always kept, and a global sparsity
-    that leaves fewer weights than tensors raises at ``init``.
+    that leaves fewer weights than tensors raises at ``init``.  The
+    exception is ``"global_topk"``, plain top-k as in the papers' SNIP,
+    under which a tensor can lose every weight (layer collapse).
   - A pruned weight stays pruned.  A NaN score ranks below every real score
     and is counted in ``PruneState.nan_scores``.
 
@@ -381,7 +384,8 @@ def prune(
       :func:`jaxprune.criteria.magnitude`; required with a schedule.
     schedule: a :class:`jaxprune.schedules.Schedule`; ``None`` keeps the
       initial masks unchanged.
-    allocation: ``"global"``, ``"layerwise"`` or ``"erk"``.
+    allocation: ``"global"``, ``"global_topk"``, ``"layerwise"`` or
+      ``"erk"``.
     prunable: ``(path, leaf) -> bool`` selecting the leaves to prune; by
       default floating leaves with ``ndim >= 2`` (dense and conv kernels).
     seed: seeds the key given to the criterion.

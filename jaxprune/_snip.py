@@ -149,7 +149,7 @@ def snip_it(
   round's batches and keeps exactly the required number of the surviving
   weights with the highest sensitivity (the counts and tie rules of
   :func:`jaxprune.prune`; under ``"global"`` allocation every tensor keeps
-  its best weight).  The weights are not re-initialised between rounds.
+  its best weight, under ``"global_topk"`` a tensor can be emptied).  The weights are not re-initialised between rounds.
 
   Args:
     loss_fn: ``(params, batch) -> scalar loss``, with the model in evaluation
@@ -163,7 +163,9 @@ def snip_it(
       target.
     batches_per_round: batches drawn per round from an iterator (5 in the
       paper).
-    allocation: ``"global"`` (the paper), ``"layerwise"`` or ``"erk"``.
+    allocation: ``"global"`` (one ranking over all tensors, each keeping
+      its best weight), ``"global_topk"`` (the papers' plain global top-k,
+      which can empty a tensor), ``"layerwise"`` or ``"erk"``.
     prunable: ``(path, leaf) -> bool``; by default the floating leaves with
       ``ndim >= 2``.
     masks: masks to start from (their pruned weights stay pruned); by

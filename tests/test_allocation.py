@@ -25,6 +25,16 @@ def test_global_raises_rather_than_empty_a_tensor():
   assert _allocation.kept_counts(1.0, [(10, 10), (1, 1)], "global") == [0]
 
 
+def test_global_topk_counts_as_global_and_may_empty_a_tensor():
+  assert _allocation.group_layout(_SHAPES, "global_topk") == (
+      _allocation.group_layout(_SHAPES, "global"))
+  assert _allocation.kept_counts(0.4, _SHAPES, "global_topk") == (
+      _allocation.kept_counts(0.4, _SHAPES, "global"))
+  # Where "global" refuses: 1 weight kept for 3 tensors.
+  assert _allocation.kept_counts(
+      0.99, [(10, 10), (1, 1), (1, 1)], "global_topk") == [1]
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.75, 0.95])
 def test_layerwise_prunes_round_s_n_per_tensor(sparsity):
   kept = _allocation.kept_counts(sparsity, _SHAPES, "layerwise")

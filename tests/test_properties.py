@@ -35,7 +35,7 @@ from jaxprune import criteria, schedules
 
 # Few distinct values, so that ties are common in the first ranking.
 _VALUES = np.array([-2.0, -1.0, 0.5, 1.0, 3.0], np.float32)
-_ALLOCATIONS = ("global", "layerwise", "erk")
+_ALLOCATIONS = ("global", "global_topk", "layerwise", "erk")
 _INNER = {
     "adam": lambda: optax.adam(0.1),
     "sgd_momentum": lambda: optax.sgd(0.1, momentum=0.9),
@@ -95,7 +95,7 @@ def _prunable(shape):
 def _expected_kept(sparsity, shapes, allocation):
   """Per-group kept counts from the rules, in numpy, independently."""
   sizes = [math.prod(s) for s in shapes]
-  if allocation == "global":
+  if allocation in ("global", "global_topk"):
     return [sum(sizes) - round(sparsity * sum(sizes))]
   if allocation == "layerwise":
     densities = [1.0 - sparsity] * len(shapes)
@@ -157,7 +157,8 @@ def test_random_trees_keep_exact_counts_and_pruned_weights_zero(problem):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  group_ids = ([0] * len(kernel_shapes) if allocation == "global"
+  group_ids = ([0] * len(kernel_shapes)
+               if allocation in ("global", "global_topk")
                else list(range(len(kernel_shapes))))
   alive = [np.ones(s, bool) for s in kernel_shapes]
   for t in range(_STEPS):

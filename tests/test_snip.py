@@ -97,6 +97,33 @@ def test_snip_keeps_the_top_sensitivities_exactly():
 
 
 @strict_dtypes
+def test_snip_with_global_topk_is_the_plain_top_k_and_can_empty_a_layer():
+  # The papers' SNIP keeps no weight per tensor.  With the hidden kernel
+  # scaled down, three output weights outrank every hidden one, so keeping
+  # 3 of the 45 weights empties the hidden kernel under plain top-k, where
+  # "global" keeps the hidden kernel's best weight.
+  params = _params()
+  params["hidden"]["kernel"] = params["hidden"]["kernel"] * 0.01
+  batches = _batches(2)
+  scores = jaxprune.sensitivity(_loss, params, batches)
+  kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
+  alive = [np.ones(k.shape, bool) for k in kernels]
+  assert np.sum(kernels[1] > kernels[0].max()) >= 3
+  kept = 45 - round(0.93 * 45)
+  assert kept == 3
+  masks = {}
+  for allocation, force_best in (("global_topk", False), ("global", True)):
+    masks[allocation] = jaxprune.snip(_loss, params, batches, sparsity=0.93,
+                                      allocation=allocation)
+    want = reference.keep_top_k(kernels, alive, [0, 0], [kept], force_best)
+    for layer, w in zip(("hidden", "out"), want):
+      np.testing.assert_array_equal(
+          np.asarray(masks[allocation][layer]["kernel"]), w)
+  assert not np.asarray(masks["global_topk"]["hidden"]["kernel"]).any()
+  assert np.asarray(masks["global"]["hidden"]["kernel"]).sum() == 1
+
+
+@strict_dtypes
 def test_snip_it_rounds_rescore_the_surviving_network():
   params = _params()
   batches = _batches(2)
