@@ -54,6 +54,20 @@ def _select(scores, alive, group_ids, sizes, kept, force_best):
                                keep_best=force_best).kept
 
 
+def _assert_matches_numpy(scores, alive, sizes, k, force_best=False,
+                          chunk=None):
+  """The jitted selection of one group of ``scores`` (chunks of ``chunk``
+  keys, or the default) against the numpy reference."""
+  group_ids = (0,) * len(scores)
+  with mock.patch.object(_selection, "_CHUNK", chunk or _selection._CHUNK):
+    # A new function each time: a trace made with other chunks is not reused.
+    got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
+        scores, alive, group_ids, tuple(sizes), [k], force_best)
+  want = reference.keep_top_k(scores, alive, list(group_ids), [k], force_best)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), w)
+
+
 @hypothesis.given(_problems())
 @hypothesis.settings(max_examples=100)
 def test_matches_numpy_sort(problem):
@@ -101,12 +115,7 @@ def test_chunked_passes_on_many_random_scores():
   scores[0][:, :3] = 0.1  # ties at the cut, spread over the chunks
   for k in [1, 3000, 40000]:
     for force_best in (False, True):
-      with mock.patch.object(_selection, "_CHUNK", 4096):
-        got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
-            scores, alive, (0, 0), (61000,), [k], force_best)
-      want = reference.keep_top_k(scores, alive, [0, 0], [k], force_best)
-      for g, w in zip(got, want):
-        np.testing.assert_array_equal(np.asarray(g), w)
+      _assert_matches_numpy(scores, alive, (61000,), k, force_best, chunk=4096)
 
 
 @pytest.mark.parametrize("keep_best", [False, True])
@@ -236,12 +245,7 @@ def test_few_places_among_ties_on_either_side_of_the_minima_limit(chunk, places)
   threshold = 0.0
   k = int(np.sum(alive_scores > threshold)) + places
   assert np.sum(alive_scores == threshold) > places  # a tie to break
-  with mock.patch.object(_selection, "_CHUNK", chunk or _selection._CHUNK):
-    got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
-        scores, alive, (0, 0), (50000,), [k], False)
-  want = reference.keep_top_k(scores, alive, [0, 0], [k])
-  for g, w in zip(got, want):
-    np.testing.assert_array_equal(np.asarray(g), w)
+  _assert_matches_numpy(scores, alive, (50000,), k, chunk=chunk)
 
 
 @pytest.mark.parametrize("chunk", [None, 4096])
@@ -254,9 +258,4 @@ def test_ties_broken_among_indices_past_two_to_the_sixteen(chunk):
             np.round(rng.normal(size=(70000,)), 2).astype(np.float32)]
   alive = [rng.random(s.shape) < 0.95 for s in scores]
   for k in [123457, 300001]:
-    with mock.patch.object(_selection, "_CHUNK", chunk or _selection._CHUNK):
-      got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
-          scores, alive, (0, 0), (370000,), [k], False)
-    want = reference.keep_top_k(scores, alive, [0, 0], [k])
-    for g, w in zip(got, want):
-      np.testing.assert_array_equal(np.asarray(g), w)
+    _assert_matches_numpy(scores, alive, (370000,), k, chunk=chunk)
