@@ -121,6 +121,8 @@ def test_snip_with_global_topk_is_the_plain_top_k_and_can_empty_a_layer():
           np.asarray(masks[allocation][layer]["kernel"]), w)
   assert not np.asarray(masks["global_topk"]["hidden"]["kernel"]).any()
   assert np.asarray(masks["global"]["hidden"]["kernel"]).sum() == 1
+  report = jaxprune.connectivity(_forward, params, masks["global_topk"], (6,))
+  assert report.disconnected == ("hidden/kernel", "out/kernel")
 
 
 @strict_dtypes
