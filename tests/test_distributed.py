@@ -1,4 +1,5 @@
-"""Two processes joined by ``jax.distributed`` end where one process ends.
+"""Two processes joined by ``jax.distributed`` end where one process ends,
+and resume past a bad checkpoint together.
 
 Two CPU processes of one device each, coordinated over loopback and
 exchanging their collectives through gloo, run the experiment runner
@@ -7,7 +8,9 @@ config.  Both see the same global batches, so they end with the same masks,
 the same params and the same test accuracy.  Measured here (JAX 0.10.2,
 gloo): every leaf of the train state bitwise equal (params max abs diff 0),
 metrics.jsonl identical, test accuracy 0.8479 in both; the tolerances below
-leave room for another order of the cross-device sums elsewhere.
+leave room for another order of the cross-device sums elsewhere.  Then the
+two processes' newest checkpoint is cut short and both resume: each warns,
+only the first moves it aside, and they end where they ended.
 """
 
 import dataclasses
@@ -68,9 +71,10 @@ def _start(log, workdir, devices, data_dirs, *extra):
           filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
   )
   command = [sys.executable, "-m", "experiments.run", "smoke", "--workdir",
-             str(workdir), "--no-progress", *extra]
+             str(workdir), "--no-progress"]
   for override in OVERRIDES:
     command += ["--set", override]
+  command += extra  # after OVERRIDES, so that its own --set wins
   with open(log, "w") as out:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
                             stderr=subprocess.STDOUT)
@@ -114,15 +118,18 @@ def _records(workdir):
   return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_end_where_one_process_ends(data_dirs, tmp_path):
+def test_two_processes_end_where_one_process_ends_and_resume_past_a_bad_checkpoint(
+    data_dirs, tmp_path):
   if reason := _gloo_missing():
     pytest.skip(reason)
   source, tfds_dir = data_dirs
   # Prepared here, not by two runs at once.
   data.builder("mnist", source_dir=source, tfds_dir=tfds_dir).download_and_prepare()
   port = _free_port()
+  # The two processes also checkpoint at steps 10, 20 and 30 (the last two
+  # kept), for the resume below.
   joined = ["--distributed", "--coordinator", f"localhost:{port}",
-            "--num-processes", "2"]
+            "--num-processes", "2", "--set", "checkpoint_every=10"]
   one, two = tmp_path / "one_process", tmp_path / "two_processes"
   logs = {name: tmp_path / f"{name.replace(' ', '_')}.log"
           for name in ("one process", "process 0", "process 1")}
@@ -162,3 +169,36 @@ def test_two_processes_end_where_one_process_ends(data_dirs, tmp_path):
   assert summaries[1]["global_sparsity"] == summaries[0]["global_sparsity"]
   assert summaries[1]["final_test_accuracy"] == pytest.approx(
       summaries[0]["final_test_accuracy"], abs=1e-4)  # at most one image
+
+  # The newest checkpoint cut short: resumed on both processes, they fall
+  # back to step 20, the first process alone moves the bad one aside, and
+  # the run ends where it ended.
+  bad = two / "checkpoints" / "30"
+  largest = max((p for p in bad.rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+  port = _free_port()
+  joined[2] = f"localhost:{port}"
+  logs = {name: tmp_path / f"resumed_{name.replace(' ', '_')}.log"
+          for name in ("process 0", "process 1")}
+  outputs = _finish({
+      f"process {i}": _start(logs[f"process {i}"], two, 1, data_dirs, *joined,
+                             "--process-id", str(i), "--resume")
+      for i in (0, 1)
+  }, logs)
+  moved = two / "bad_checkpoints" / "30"
+  for text in outputs.values():
+    assert f"warning: checkpoint of step 30 at {bad} does not restore" in text
+  assert (f"moved the checkpoint of step 30 to {moved}; resuming from step 20"
+          in outputs["process 0"])
+  assert "moved the checkpoint" not in outputs["process 1"]
+  assert moved.is_dir() and sorted(p.name for p in bad.parent.iterdir()) == [
+      "20", "30"]
+  resumed = train.load_checkpoint(config, two)
+  assert int(resumed.step) == 30
+  for x, y in zip(jax.tree.leaves(expected.masks), jax.tree.leaves(resumed.masks),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  for x, y in zip(jax.tree.leaves(expected.params),
+                  jax.tree.leaves(resumed.params), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
