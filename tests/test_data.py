@@ -443,6 +443,15 @@ def test_process_part_of_one_process_is_the_whole_batch():
 TWO_DEVICES = textwrap.dedent("""
     import jax, numpy as np
     from experiments import data
+
+    def assert_raises(fn, arg, text):
+      try:
+        fn(arg, mesh)
+      except ValueError as e:
+        assert text in str(e), e
+      else:
+        raise AssertionError(f"no error for 3 examples on 2 devices ({text})")
+
     assert jax.device_count() == 2, jax.devices()
     mesh = data.data_mesh()
     batch = {"image": np.arange(4 * 3, dtype=np.float32).reshape(4, 3),
@@ -456,20 +465,12 @@ TWO_DEVICES = textwrap.dedent("""
       for s in shards:
         np.testing.assert_array_equal(np.asarray(s.data), batch[key][s.index])
       np.testing.assert_array_equal(np.asarray(value), batch[key])
-    try:
-      data.shard({"label": np.arange(3)}, mesh)
-    except ValueError as e:
-      assert "divisible by the 2 devices" in str(e), e
-    else:
-      raise AssertionError("no error for 3 examples on 2 devices")
+    assert_raises(data.shard, {"label": np.arange(3)},
+                  "divisible by the 2 devices")
     part = data.process_part(batch, mesh)  # one process: all of it
     np.testing.assert_array_equal(part["label"], batch["label"])
-    try:
-      data.process_part({"label": np.arange(3)}, mesh)
-    except ValueError as e:
-      assert "does not split over the 2 devices" in str(e), e
-    else:
-      raise AssertionError("no error for 3 examples on 2 devices")
+    assert_raises(data.process_part, {"label": np.arange(3)},
+                  "does not split over the 2 devices")
     print("ok")
 """)
 
