@@ -8,14 +8,17 @@ and 90% node sparsity (Verdenius et al. 2020: unit gates scored by
 network trained is physically smaller), then times the inference of each
 trained network against the dense one in this process: the jitted forward
 pass on batches of 1000 test images, alternating between the two, median
-over many batches.  Writes ``table.md``, ``results.json`` and
-``accuracy_vs_params.png`` into ``experiments/results/structured/``; runs
-live in ``runs/structured/CELL`` and finished cells are not run again.
+over many batches (once per run: the timing is kept in the run's
+``speedup.json`` and reused by later collects; ``--retime`` times again).
+Writes ``table.md``, ``results.json`` and ``accuracy_vs_params.png`` into
+``experiments/results/structured/``; runs live in ``runs/structured/CELL``
+and finished cells are not run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import sys
@@ -93,8 +96,30 @@ def inference_speedup(dense: tuple, small: tuple, images: np.ndarray,
           "speedup": dense_s / small_s}
 
 
+def _timed_speedup(config: Config, root: pathlib.Path, dense_config: Config,
+                   images: np.ndarray, retime: bool) -> dict:
+  """:func:`inference_speedup` of the run ``config`` over its dense run,
+  timed once and kept in the run's directory (``speedup.json``) with the
+  sha256 of the two runs' summaries: a later collect reuses it while
+  neither run has changed, unless ``retime``."""
+  path = root / config.name / "speedup.json"
+  runs = {c.name: hashlib.sha256(
+      (root / c.name / "summary.json").read_bytes()).hexdigest()
+          for c in (dense_config, config)}
+  if path.exists() and not retime:
+    saved = json.loads(path.read_text())
+    if saved["runs"] == runs:
+      return saved["timing"]
+  dense = (dense_config, train.load_checkpoint(dense_config, root / dense_config.name))
+  small = (config, train.load_checkpoint(config, root / config.name))
+  timing = {**inference_speedup(dense, small, images),
+            "timed_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+  path.write_text(json.dumps({"runs": runs, "timing": timing}, indent=2) + "\n")
+  return timing
+
+
 def _record(config: Config, root: pathlib.Path, dense_config: Config,
-            images: np.ndarray) -> dict:
+            images: np.ndarray, retime: bool = False) -> dict:
   summary = json.loads((root / config.name / "summary.json").read_text())
   record = {
       "model": config.model, "dataset": config.dataset, "method": config.method,
@@ -103,9 +128,7 @@ def _record(config: Config, root: pathlib.Path, dense_config: Config,
       "widths": summary.get("widths"), "wall_time_s": summary["wall_time_s"],
   }
   if config.method != "dense":
-    dense = (dense_config, train.load_checkpoint(dense_config, root / dense_config.name))
-    small = (config, train.load_checkpoint(config, root / config.name))
-    record.update(inference_speedup(dense, small, images))
+    record.update(_timed_speedup(config, root, dense_config, images, retime))
   return record
 
 
@@ -149,6 +172,9 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 def main(argv=None) -> int:
   parser = sweep.script_parser("structured", jobs=1, seeds="0")
   parser.add_argument("--models", default="lenet300100,conv6")
+  parser.add_argument("--retime", action="store_true",
+                      help="time every speed-up again (by default a run's "
+                      "timing is kept in its speedup.json and reused)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   configs = [config_lib.apply_overrides(c, args.set)
@@ -164,7 +190,7 @@ def main(argv=None) -> int:
                  and d.method == "dense")
     test = data.load(c.dataset, "test", source_dir=c.source_dir, tfds_dir=c.tfds_dir)
     images = data.normalise(test.images[:1000], test.name)
-    records.append(_record(c, root, dense, images))
+    records.append(_record(c, root, dense, images, args.retime))
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   command = "python -m experiments.structured " + " ".join(
