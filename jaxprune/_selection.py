@@ -416,10 +416,10 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
   def tie_bound_by_minima():
     """:func:`tie_bound` by successive minima: each trip finds every
     group's next tied index, one pass over the weights per place left."""
-    never = jnp.iinfo(jnp.int32).max
+    never = jnp.int32(jnp.iinfo(jnp.int32).max)
 
     def next_tied(bound):
-      lowest = [jnp.full((), never)] * num_groups
+      lowest = [never] * num_groups
       for j, key in enumerate(keys):
         g = group_ids[j]
 
