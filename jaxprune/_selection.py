@@ -305,15 +305,29 @@ def keep_top_k(
   return Selection(kept, cut.nan_counts)
 
 
+def _lowest_index_of(keys: LazyKeys, keys_of: Callable[[_Part], jax.Array],
+                     value: jax.Array, start: jax.Array | int = 0,
+                     offset: int = 0) -> jax.Array:
+  """The lowest index ``i >= start`` (``offset`` plus the flat position) of
+  an element whose key, ``keys_of(part)``, equals ``value``; int32's
+  maximum if there is none.  One pass over the keys."""
+  never = jnp.int32(jnp.iinfo(jnp.int32).max)
+
+  def lowest_in(acc, part):
+    index = part.index(offset)
+    found = (keys_of(part) == value) & (index >= start)
+    return jnp.minimum(acc, jnp.min(jnp.where(found, index, never)))
+
+  return _fold(keys, lowest_in, never)
+
+
 def _forced_cut(keys, max_keys, group_ids, search) -> _Cut:
   """The cut with every array's best surviving element forced: the first
   element holding its largest key, unless that key is :data:`PRUNED_KEY`.
   A forced element whose score was NaN is still counted as one."""
-  never = jnp.iinfo(jnp.int32).max
   forced = []
   for key, best in zip(keys, max_keys):
-    first = _fold(key, lambda acc, part: jnp.minimum(acc, jnp.min(
-        jnp.where(part.keys == best, part.index(), never))), never)
+    first = _lowest_index_of(key, lambda part: part.keys, best)
     forced.append(jnp.where(best > PRUNED_KEY, first, -1))
   cut = search(jnp.stack(forced))
   was_nan = [jnp.zeros((), jnp.int32)] * cut.nan_counts.shape[0]
@@ -416,19 +430,13 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
   def tie_bound_by_minima():
     """:func:`tie_bound` by successive minima: each trip finds every
     group's next tied index, one pass over the weights per place left."""
-    never = jnp.int32(jnp.iinfo(jnp.int32).max)
-
     def next_tied(bound):
-      lowest = [never] * num_groups
+      lowest = [jnp.int32(jnp.iinfo(jnp.int32).max)] * num_groups
       for j, key in enumerate(keys):
         g = group_ids[j]
-
-        def lowest_in(acc, part, j=j, g=g):
-          index = part.index(offsets[j])
-          tied = (keys_of(j, part) == threshold[g]) & (index >= bound[g])
-          return jnp.minimum(acc, jnp.min(jnp.where(tied, index, never)))
-
-        lowest[g] = _fold(key, lowest_in, lowest[g])
+        lowest[g] = jnp.minimum(lowest[g], _lowest_index_of(
+            key, lambda part, j=j: keys_of(j, part), threshold[g], bound[g],
+            offsets[j]))
       return jnp.stack(lowest)
 
     def trip(i, bound):

@@ -149,7 +149,8 @@ def snip_it(
   round's batches and keeps exactly the required number of the surviving
   weights with the highest sensitivity (the counts and tie rules of
   :func:`jaxprune.prune`; under ``"global"`` allocation every tensor keeps
-  its best weight, under ``"global_topk"`` a tensor can be emptied).  The weights are not re-initialised between rounds.
+  its best weight, under ``"global_topk"`` a tensor can be emptied).  The
+  weights are not re-initialised between rounds.
 
   Args:
     loss_fn: ``(params, batch) -> scalar loss``, with the model in evaluation
