@@ -19,6 +19,9 @@ scores, a few weights share almost every value, so this is the common case
 there), the tied weights are kept from the lowest flat index: a few places
 are found by one pass per place that takes the next tied index (a minimum),
 many by the same two-pass radix search over the tied weights' indices.
+On a single device, consecutive small arrays of a group are read as one run
+(their keys laid end to end, at most one chunk), so that the compiled passes
+do not grow with the number of kernels.
 
 Example:
   >>> import jax.numpy as jnp
@@ -162,12 +165,71 @@ class _Part(NamedTuple):
             + lax.broadcasted_iota(jnp.int32, self.keys.shape, 0))
 
 
-def _fold(keys: LazyKeys, fn: Callable, acc):
+class _Concatenated(NamedTuple):
+  """The keys of several arrays, flattened and laid end to end."""
+
+  parts: tuple[LazyKeys, ...]
+
+  @property
+  def size(self) -> int:
+    return sum(part.size for part in self.parts)
+
+  def computed(self) -> jax.Array:
+    return jnp.concatenate([part.computed().reshape(-1) for part in self.parts])
+
+
+class _Source(NamedTuple):
+  """Keys that every pass reads as one run: one array, or several small
+  arrays of one group, consecutive in the group's order, laid end to end.
+
+  Each pass costs compiled code per source, so gathering the small arrays
+  of a network (the many kernels of a ResNet) into a few sources keeps the
+  compiled selection about the same size whatever the number of arrays.
+  """
+
+  keys: LazyKeys | _Concatenated
+  group: int
+  offset: int  # the flat index, within the group, of the first element
+  members: tuple[tuple[int, int, int], ...]  # (array, start in the run, size)
+
+
+def _sources(keys: Sequence[LazyKeys], group_ids: Sequence[int],
+             offsets: Sequence[int]) -> list[_Source]:
+  """The arrays as sources: on a single device, consecutive arrays of a
+  group that together hold at most ``_CHUNK`` elements share one (a
+  concatenation of at most one chunk adds no large scratch); on several
+  devices each array is its own, since concatenating sharded arrays would
+  gather them."""
+  runs: list[list[int]] = []
+  open_run: dict[int, list[int]] = {}  # per group, the run still growing
+  single_device = jax.device_count() == 1
+  for j, (key, g) in enumerate(zip(keys, group_ids)):
+    run = open_run.get(g)
+    small = single_device and key.size <= _CHUNK
+    if small and run is not None and sum(keys[i].size for i in run) + key.size <= _CHUNK:
+      run.append(j)
+      continue
+    runs.append([j])
+    open_run[g] = runs[-1] if small else None
+  sources = []
+  for run in runs:
+    members, start = [], 0
+    for j in run:
+      members.append((j, start, keys[j].size))
+      start += keys[j].size
+    source_keys = keys[run[0]] if len(run) == 1 else _Concatenated(
+        tuple(keys[j] for j in run))
+    sources.append(_Source(source_keys, group_ids[run[0]], offsets[run[0]],
+                           tuple(members)))
+  return sources
+
+
+def _fold(keys: LazyKeys | _Concatenated, fn: Callable, acc):
   """``acc = fn(acc, part)`` over the parts of ``keys``, in order: the whole
   array, or its chunks (see :func:`_chunk_size`) in a loop."""
   if keys.size == 0:
     return acc
-  size = _chunk_size(keys.arrays)
+  size = _chunk_size(keys.arrays) if isinstance(keys, LazyKeys) else None
   if size is None:
     return fn(acc, _Part(keys.computed(), None))
   flat = [x.reshape(-1) for x in keys.arrays]
@@ -283,7 +345,8 @@ def keep_top_k(
   for key, g in zip(keys, group_ids):
     offsets.append(running[g])
     running[g] += key.size
-  search = lambda forced: _cut(keys, group_ids, group_sizes, offsets, k, forced)
+  sources = _sources(keys, group_ids, offsets)
+  search = lambda forced: _cut(sources, len(keys), group_sizes, k, forced)
   cut = search(None)
   if keep_best:
     # Every array keeps an element anyway if its largest key is above the
@@ -350,53 +413,64 @@ def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
   return _sharding.flat_index(x.shape, jnp.int32, offset, like=x)
 
 
-def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
-  """The plain top-k cut, with the elements ``forced`` (int32 per array, or
+def _cut(sources, num_arrays, group_sizes, k, forced) -> _Cut:
+  """The plain top-k cut over the ``sources`` of ``num_arrays`` arrays,
+  with the elements ``forced`` (int32 per array, its flat index there, or
   None for none) given :data:`FORCED_KEY`."""
   num_groups = len(group_sizes)
 
-  def keys_of(j, part: _Part) -> jax.Array:
+  def keys_of(source: _Source, part: _Part) -> jax.Array:
     if forced is None:
       return part.keys
-    return _with_forced(part.keys, part.index(), forced[j])
+    keys, index = part.keys, part.index()
+    for j, start, _ in source.members:
+      keys = _with_forced(keys, index, jnp.where(forced[j] >= 0,
+                                                 start + forced[j], -1))
+    return keys
 
   # The threshold t is the k-th largest key: the largest t with
   # count(key >= t) >= k.  Its high 16 bits come from a histogram of every
   # key's high bits, its low 16 bits from a histogram of the low bits of the
   # keys in t's high bin.
   high_histograms = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
-  max_keys = []
-  for j, key in enumerate(keys):
+  max_keys = [jnp.uint32(0)] * num_arrays
+  for source in sources:
 
-    def high_pass(acc, part, j=j):
+    def high_pass(acc, part, source=source):
       histogram, largest = acc
-      chunk = keys_of(j, part)
+      chunk = keys_of(source, part)
+      if len(source.members) == 1:  # possibly in chunks
+        maxima = (jnp.max(chunk),)
+      else:  # read whole: each member's maximum from its slice
+        maxima = tuple(jnp.max(chunk[start:start + size], initial=0)
+                       for _, start, size in source.members)
       return (_add_counts(histogram, chunk >> _RADIX_BITS),
-              jnp.maximum(largest, jnp.max(chunk)))
+              tuple(map(jnp.maximum, largest, maxima)))
 
-    g = group_ids[j]
+    g = source.group
     high_histograms[g], largest = _fold(
-        key, high_pass, (high_histograms[g], jnp.uint32(0)))
-    max_keys.append(largest)
+        source.keys, high_pass,
+        (high_histograms[g], (jnp.uint32(0),) * len(source.members)))
+    for (j, _, _), key_max in zip(source.members, largest):
+      max_keys[j] = key_max
   high_histograms = jnp.stack(high_histograms)
   high, _, above_high = _highest_bin_reaching(
       high_histograms, jnp.zeros((num_groups,), jnp.int32), k)
   high = high.astype(jnp.uint32)
 
   def histograms(bins_of) -> jax.Array:
-    """``[groups, bins]``: the counts of ``bins_of(j, g, part)`` over the
-    parts of every array ``j`` of each group ``g`` (bin ``_RADIX_BINS``: not
+    """``[groups, bins]``: the counts of ``bins_of(source, part)`` over the
+    parts of every source of each group (bin ``_RADIX_BINS``: not
     counted)."""
     per_group = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
-    for j, key in enumerate(keys):
-      g = group_ids[j]
-      per_group[g] = _fold(key, lambda h, part, j=j, g=g: _add_counts(
-          h, bins_of(j, g, part)), per_group[g])
+    for source in sources:
+      g = source.group
+      per_group[g] = _fold(source.keys, lambda h, part, source=source: _add_counts(
+          h, bins_of(source, part)), per_group[g])
     return jnp.stack(per_group)
 
-  def low_bins(j, g, part):
-    chunk = keys_of(j, part)
-    return _low_bins(chunk, high[g])
+  def low_bins(source, part):
+    return _low_bins(keys_of(source, part), high[source.group])
 
   low, at, above = _highest_bin_reaching(histograms(low_bins), above_high, k)
   threshold = (high << _RADIX_BITS) | low.astype(jnp.uint32)
@@ -408,9 +482,10 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
     as the threshold's, over the tied elements' indices, from the lowest."""
 
     def tied_index_bins(bins_of):
-      def bins(j, g, part):
-        tied = keys_of(j, part) == threshold[g]
-        return jnp.where(tied, bins_of(g, part.index(offsets[j])), _RADIX_BINS)
+      def bins(source, part):
+        g = source.group
+        tied = keys_of(source, part) == threshold[g]
+        return jnp.where(tied, bins_of(g, part.index(source.offset)), _RADIX_BINS)
       return histograms(bins)
 
     def lowest_bin_reaching(histograms, below):
@@ -432,11 +507,11 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
     group's next tied index, one pass over the weights per place left."""
     def next_tied(bound):
       lowest = [jnp.int32(jnp.iinfo(jnp.int32).max)] * num_groups
-      for j, key in enumerate(keys):
-        g = group_ids[j]
+      for source in sources:
+        g = source.group
         lowest[g] = jnp.minimum(lowest[g], _lowest_index_of(
-            key, lambda part, j=j: keys_of(j, part), threshold[g], bound[g],
-            offsets[j]))
+            source.keys, lambda part, source=source: keys_of(source, part),
+            threshold[g], bound[g], source.offset))
       return jnp.stack(lowest)
 
     def trip(i, bound):
@@ -458,7 +533,7 @@ def _cut(keys, group_ids, group_sizes, offsets, k, forced) -> _Cut:
   return _Cut(
       threshold=threshold,
       bound=bound,
-      forced=(jnp.full((len(keys),), -1, jnp.int32) if forced is None
+      forced=(jnp.full((num_arrays,), -1, jnp.int32) if forced is None
               else forced),
       nan_counts=high_histograms[:, NAN_KEY >> _RADIX_BITS],
       max_keys=jnp.stack(max_keys),

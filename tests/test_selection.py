@@ -118,6 +118,47 @@ def test_chunked_passes_on_many_random_scores():
       _assert_matches_numpy(scores, alive, (61000,), k, force_best, chunk=4096)
 
 
+def test_small_arrays_read_together_match_numpy_sort():
+  # Chunks of 4: on one device the arrays of a group of at most 4 elements
+  # in all are read as one run.  Groups interleaved; a run closed by an
+  # array that would overflow it and by a larger array between two small
+  # ones; ties and a group whose best elements must be forced.
+  rng = np.random.default_rng(3)
+  shapes = [(2,), (1,), (3,), (2, 3), (2,), (1, 1), (2,), (4,)]
+  group_ids = (0, 1, 0, 0, 0, 1, 1, 0)
+  scores = [np.round(rng.normal(size=s), 1).astype(np.float32) for s in shapes]
+  scores[4][:] = -5.0  # an array whose best is far below the others
+  alive = [rng.random(s) < 0.9 for s in shapes]
+  sizes = [sum(int(np.prod(s)) for s, g in zip(shapes, group_ids) if g == group)
+           for group in (0, 1)]
+  for kept in ([1, 0], [4, 2], [9, 3], [sizes[0], sizes[1]]):
+    for force_best in (False, True):
+      if force_best and kept[0] < 5:
+        continue  # fewer places than arrays that keep their best
+      with mock.patch.object(_selection, "_CHUNK", 4):
+        got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
+            scores, alive, group_ids, tuple(sizes), kept, force_best)
+      want = reference.keep_top_k(scores, alive, list(group_ids), kept, force_best)
+      for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), w, err_msg=str((kept, force_best)))
+
+
+def test_compiled_passes_do_not_grow_with_small_arrays():
+  # The histogram passes are one scatter each for 24 small kernels as for
+  # one.  With a run per array the compiled code grew with the number of
+  # kernels: 192 scatters here, and 9.1 s to compile against 4.0 s now
+  # (on the 2-core CPU with both cores busy).
+  def scatters(n):
+    keys = [jax.ShapeDtypeStruct((100, 10), jnp.uint32)] * n
+    select = jax.jit(lambda keys, k: _selection.keep_top_k(
+        keys, (0,) * n, (1000 * n,), k).kept)
+    return select.lower(keys, jax.ShapeDtypeStruct((1,), jnp.int32)).as_text().count(
+        "stablehlo.scatter")
+
+  assert scatters(1) > 0
+  assert scatters(24) == scatters(1)
+
+
 @pytest.mark.parametrize("keep_best", [False, True])
 def test_scratch_does_not_grow_with_the_keys(keep_best):
   # On one CPU device the passes go through the keys in chunks, so the
