@@ -206,7 +206,9 @@ def _sources(keys: Sequence[LazyKeys], group_ids: Sequence[int],
   for j, (key, g) in enumerate(zip(keys, group_ids)):
     run = open_run.get(g)
     small = single_device and key.size <= _CHUNK
-    if small and run is not None and sum(keys[i].size for i in run) + key.size <= _CHUNK:
+    fits = (run is not None
+            and sum(keys[i].size for i in run) + key.size <= _CHUNK)
+    if small and fits:
       run.append(j)
       continue
     runs.append([j])
@@ -465,8 +467,10 @@ def _cut(sources, num_arrays, group_sizes, k, forced) -> _Cut:
     per_group = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
     for source in sources:
       g = source.group
-      per_group[g] = _fold(source.keys, lambda h, part, source=source: _add_counts(
-          h, bins_of(source, part)), per_group[g])
+      per_group[g] = _fold(
+          source.keys,
+          lambda h, part, source=source: _add_counts(h, bins_of(source, part)),
+          per_group[g])
     return jnp.stack(per_group)
 
   def low_bins(source, part):

@@ -129,8 +129,8 @@ def test_small_arrays_read_together_match_numpy_sort():
   scores = [np.round(rng.normal(size=s), 1).astype(np.float32) for s in shapes]
   scores[4][:] = -5.0  # an array whose best is far below the others
   alive = [rng.random(s) < 0.9 for s in shapes]
-  sizes = [sum(int(np.prod(s)) for s, g in zip(shapes, group_ids) if g == group)
-           for group in (0, 1)]
+  sizes = [sum(int(np.prod(s)) for s, g in zip(shapes, group_ids)
+               if g == group) for group in (0, 1)]
   for kept in ([1, 0], [4, 2], [9, 3], [sizes[0], sizes[1]]):
     for force_best in (False, True):
       if force_best and kept[0] < 5:
@@ -138,9 +138,11 @@ def test_small_arrays_read_together_match_numpy_sort():
       with mock.patch.object(_selection, "_CHUNK", 4):
         got = jax.jit(lambda *a: _select(*a), static_argnums=(2, 3, 5))(
             scores, alive, group_ids, tuple(sizes), kept, force_best)
-      want = reference.keep_top_k(scores, alive, list(group_ids), kept, force_best)
+      want = reference.keep_top_k(scores, alive, list(group_ids), kept,
+                                  force_best)
       for g, w in zip(got, want):
-        np.testing.assert_array_equal(np.asarray(g), w, err_msg=str((kept, force_best)))
+        np.testing.assert_array_equal(np.asarray(g), w,
+                                      err_msg=str((kept, force_best)))
 
 
 def test_compiled_passes_do_not_grow_with_small_arrays():
@@ -152,8 +154,8 @@ def test_compiled_passes_do_not_grow_with_small_arrays():
     keys = [jax.ShapeDtypeStruct((100, 10), jnp.uint32)] * n
     select = jax.jit(lambda keys, k: _selection.keep_top_k(
         keys, (0,) * n, (1000 * n,), k).kept)
-    return select.lower(keys, jax.ShapeDtypeStruct((1,), jnp.int32)).as_text().count(
-        "stablehlo.scatter")
+    hlo = select.lower(keys, jax.ShapeDtypeStruct((1,), jnp.int32)).as_text()
+    return hlo.count("stablehlo.scatter")
 
   assert scatters(1) > 0
   assert scatters(24) == scatters(1)
