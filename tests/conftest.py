@@ -47,6 +47,19 @@ def pytest_unconfigure(config):
   if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
     shutil.rmtree(os.environ[_CACHE_DIR], ignore_errors=True)
 
+def pytest_collection_modifyitems(config, items):
+  """Puts the tests marked ``long_running(seconds)`` first, longest first,
+  the rest in their order: pytest-xdist then starts the long ones on every
+  worker at once instead of finishing the run with one of them alone."""
+  del config
+
+  def seconds(item) -> float:
+    marker = item.get_closest_marker("long_running")
+    return marker.args[0] if marker else 0
+
+  items.sort(key=lambda item: -seconds(item))
+
+
 hypothesis.settings.register_profile(
     "jaxprune", deadline=None, max_examples=40, derandomize=True
 )

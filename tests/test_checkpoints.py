@@ -75,6 +75,7 @@ def _assert_same_state(a: train.TrainState, b: train.TrainState) -> None:
      (".step", ".opt_state.masks", ".opt_state.flips", ".opt_state.events",
       ".opt_state.key", ".count")),
 ])
+@pytest.mark.long_running(45)
 def test_one_then_eight_then_one_device_ends_where_one_device_ends(
     data_dirs, tmp_path, method, changes, fields):
   config = _tiny(data_dirs, method, **changes)

@@ -118,6 +118,7 @@ def _records(workdir):
   return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.long_running(60)
 def test_two_processes_end_where_one_process_ends_and_resume_past_a_bad_checkpoint(
     data_dirs, tmp_path):
   if reason := _gloo_missing():

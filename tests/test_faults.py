@@ -91,6 +91,7 @@ def _assert_same(a: train.TrainState, b: train.TrainState) -> None:
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=path)
 
 
+@pytest.mark.long_running(27)
 def test_killed_runs_resume_to_the_uninterrupted_result(data_dirs, reference,
                                                         tmp_path):
   """Two kills in a row, one during training and one during a checkpoint

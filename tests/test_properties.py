@@ -115,6 +115,7 @@ def _prunable_leaves(tree, shape_tree):
 
 @hypothesis.given(_problems())
 @hypothesis.settings(max_examples=8)
+@pytest.mark.long_running(20)
 def test_random_trees_keep_exact_counts_and_pruned_weights_zero(problem):
   shape_tree, allocation, inner, levels, seed = problem
   rng = np.random.default_rng(seed)

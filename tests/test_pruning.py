@@ -130,6 +130,7 @@ def test_polynomial_schedule_compiles_once_and_counts_are_exact():
   assert len(schedule.steps) == 4
 
 
+@pytest.mark.long_running(18)
 def test_jit_and_no_jit_give_identical_masks():
   params = _params(3)
   tx = jaxprune.prune(

@@ -95,6 +95,7 @@ def test_jit_and_no_jit_agree(problem):
 
 @hypothesis.given(_problems())
 @hypothesis.settings(max_examples=30)
+@pytest.mark.long_running(20)
 def test_chunked_passes_match_numpy_sort(problem):
   # Chunks of 3 elements: arrays of one chunk, of several, with a remainder.
   scores, alive, group_ids, sizes, kept, force_best = problem

@@ -40,11 +40,14 @@ needs_devices = pytest.mark.skipif(
 
 @pytest.mark.skipif(jax.device_count() >= _DEVICES, reason="on 8 devices already")
 @pytest.mark.parametrize("tests", [
-    ("test_update_matches_one_device_without_gathering_a_parameter",
-     "test_long_leaves_are_projected_in_place",
-     "test_flipout_noise_is_drawn_where_the_weights_lie"),
-    ("test_train_steps_match_one_device",),
-    ("test_before_training_masks_match_one_device",),
+    pytest.param(("test_update_matches_one_device_without_gathering_a_parameter",
+                  "test_long_leaves_are_projected_in_place",
+                  "test_flipout_noise_is_drawn_where_the_weights_lie"),
+                 marks=pytest.mark.long_running(115)),
+    pytest.param(("test_train_steps_match_one_device",),
+                 marks=pytest.mark.long_running(55)),
+    pytest.param(("test_before_training_masks_match_one_device",),
+                 marks=pytest.mark.long_running(13)),
 ], ids=lambda tests: tests[0])
 def test_on_8_simulated_devices(tests):
   """A subprocess per group of test functions, so that pytest -n spreads
