@@ -47,6 +47,7 @@ def pytest_unconfigure(config):
   if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
     shutil.rmtree(os.environ[_CACHE_DIR], ignore_errors=True)
 
+
 def pytest_collection_modifyitems(config, items):
   """Puts the tests marked ``long_running(seconds)`` first, longest first,
   the rest in their order: pytest-xdist then starts the long ones on every
