@@ -59,14 +59,17 @@ def _every_hundred_steps(steps: int) -> jaxprune.schedules.Schedule:
   )
 
 
-def _scheduled(criterion, label: str) -> Callable[[int], Pruned]:
+def _scheduled(criterion, label: str,
+               packed_masks: bool = False) -> Callable[[int], Pruned]:
   def make_scheduled(steps: int) -> Pruned:
     schedule = _every_hundred_steps(steps)
-    tx = jaxprune.prune(plain_adam(), criterion=criterion, schedule=schedule)
+    tx = jaxprune.prune(plain_adam(), criterion=criterion, schedule=schedule,
+                        packed_masks=packed_masks)
+    packed = ", packed masks" if packed_masks else ""
     return Pruned(
         tx, frozenset(schedule.steps),
         f"prune(adam, {label}, polynomial 0.5->0.9, mask update every "
-        f"{UPDATE_EVERY} steps)",
+        f"{UPDATE_EVERY} steps{packed})",
     )
 
   return make_scheduled
@@ -125,6 +128,8 @@ def _projection(name: str, radius: float) -> Callable[[int], Pruned]:
 
 METHODS: dict[str, Callable[[int], Pruned]] = {
     "magnitude": _scheduled(jaxprune.criteria.magnitude, "magnitude |w|"),
+    "magnitude_packed": _scheduled(jaxprune.criteria.magnitude,
+                                   "magnitude |w|", packed_masks=True),
     "saliency": _scheduled(jaxprune.criteria.saliency, "saliency |g*w|"),
     "snip_it": _snip_it_during_training,
     "flipout": _flipout(noise=1.0),

@@ -51,11 +51,11 @@ def _bytes_per_prunable_param_at_most(bound: float) -> Target:
 
 
 # The targets: bounds on pruned / plain, and on the state magnitude adds.
-STEP_RATIO_MAX = {"magnitude": 1.02, "flipout": 1.05, "flipout_noise0": 1.05,
-                  "l0": 1.10}
+STEP_RATIO_MAX = {"magnitude": 1.02, "magnitude_packed": 1.02,
+                  "flipout": 1.05, "flipout_noise0": 1.05, "l0": 1.10}
 AMORTISED_RATIO_MAX = 1.05
-MASK_UPDATING_METHODS = ("magnitude", "saliency", "snip_it", "flipout",
-                         "flipout_noise0")
+MASK_UPDATING_METHODS = ("magnitude", "magnitude_packed", "saliency",
+                         "snip_it", "flipout", "flipout_noise0")
 MASK_UPDATE_RATIO_MAX = 1.25
 MASK_UPDATE_TARGET_MODELS = ("mlp4m", "mlp26m", "mlp100m")
 MAGNITUDE_ADDED_BYTES_PER_PRUNABLE_PARAM_MAX = 1.0

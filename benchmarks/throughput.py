@@ -151,7 +151,7 @@ def full_plan() -> list[Job]:
 
   The larger models run fewer steps and methods.
   """
-  scaled = ("magnitude", "flipout", "l0")
+  scaled = ("magnitude", "magnitude_packed", "flipout", "l0")
   return [
       *_step_jobs(["lenet300100"], ALL_METHODS, 128, 1000, 25, 20),
       *_step_jobs(["lenet5"], ALL_METHODS, 32, 300, 25, 10),
@@ -163,7 +163,8 @@ def full_plan() -> list[Job]:
       *_mask_update_jobs(["mlp4m"]),
       *_step_jobs(["mlp26m"], scaled, 32, 100, 10, 2),
       *_mask_update_jobs(["mlp26m"]),
-      *_step_jobs(["mlp100m"], ("magnitude",), 32, 100, 10, 2),
+      *_step_jobs(["mlp100m"], ("magnitude", "magnitude_packed"), 32, 100, 10,
+                  2),
       *_mask_update_jobs(["mlp100m"], steps=6, block=3, warmup=1),
       *_memory_jobs(["lenet300100", "lenet5", "resnet20", "transformer",
                      "mlp4m"], ALL_METHODS),

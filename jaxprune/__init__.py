@@ -25,6 +25,7 @@ from jaxprune._l0 import gate_labels
 from jaxprune._l0 import hard_masks
 from jaxprune._paths import Connectivity
 from jaxprune._paths import connectivity
+from jaxprune._packing import PackedMask
 from jaxprune._paths import synflow
 from jaxprune._projections import ProjectionState
 from jaxprune._projections import l11_ball_projection
@@ -56,6 +57,7 @@ __all__ = (
     "DualAscentState",
     "FlipOutSchedule",
     "FlipOutState",
+    "PackedMask",
     "ProjectionState",
     "PruneState",
     "Shrunk",

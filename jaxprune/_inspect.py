@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxprune import _packing
 from jaxprune import _trees
 
 _MASK_STATE_TYPES: list[type] = []
@@ -49,10 +50,10 @@ def masks_of(opt_state: Any) -> Any:
   Raises:
     ValueError: if ``opt_state`` holds no pruning state, or more than one.
   """
-  return find_state(
+  return _packing.unpack_tree(find_state(
       opt_state, _is_mask_state, "masks_of", "pruning state",
       "a jaxprune transformation (jaxprune.prune, jaxprune.flipout)",
-  ).masks
+  ).masks)
 
 
 def find_state(opt_state: Any, is_state, caller: str, what: str, built_with: str):
@@ -94,10 +95,11 @@ class Sparsity(NamedTuple):
 def sparsity(tree: Any, prunable: _trees.PrunablePredicate | None = None) -> Sparsity:
   """Measures the sparsity of params or masks.
 
-  Boolean leaves (masks) count their False entries; other leaves selected by
-  ``prunable`` (by default floating leaves with ``ndim >= 2``, the prunable
-  default of :func:`jaxprune.prune`) count their exact zeros.  ``None``
-  leaves are skipped.  Works under jit.
+  Boolean leaves (masks) and :class:`jaxprune.PackedMask` leaves count
+  their False entries; other leaves selected by ``prunable`` (by default
+  floating leaves with ``ndim >= 2``, the prunable default of
+  :func:`jaxprune.prune`) count their exact zeros.  ``None`` leaves are
+  skipped.  Works under jit.
 
   Args:
     tree: params, or masks from :func:`jaxprune.masks_of`.
@@ -110,6 +112,7 @@ def sparsity(tree: Any, prunable: _trees.PrunablePredicate | None = None) -> Spa
     ValueError: if no leaf is counted.
   """
   predicate = _trees.default_prunable if prunable is None else prunable
+  tree = _packing.unpack_tree(tree)
   zeros, sizes = [], []
 
   def measure(path, leaf):

@@ -33,6 +33,7 @@ from jax import lax
 
 from jaxprune import _allocation
 from jaxprune import _inspect
+from jaxprune import _packing
 from jaxprune import _selection
 from jaxprune import _sharding
 from jaxprune import _trees
@@ -49,7 +50,10 @@ class PruneState(NamedTuple):
     level: int32, the index of the schedule level the masks realise; -1
       while no level has been applied.
     masks: the masks, a tree with the structure of the params: a boolean
-      array (True = kept) for every prunable leaf, ``None`` for the others.
+      array (True = kept) for every prunable leaf, ``None`` for the others;
+      a :class:`jaxprune.PackedMask` instead of the array with
+      ``prune(..., packed_masks=True)`` (read them with
+      :func:`jaxprune.masks_of`).
     key: uint32 key data; the criterion gets ``fold_in(key, step)``.
     nan_scores: int32, how many surviving weights had a NaN score at the
       last mask update (they ranked below every real score).
@@ -328,6 +332,7 @@ def prune(
     prunable: _trees.PrunablePredicate | None = None,
     seed: int = 0,
     masks: Any = None,
+    packed_masks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that it prunes the params on a schedule.
 
@@ -394,6 +399,15 @@ def prune(
       elsewhere, as :func:`jaxprune.snip` returns; by default all kept.  The
       weights they prune are zeroed by the first update (zero them before
       the first forward pass with :func:`jaxprune.apply_masks`).
+    packed_masks: hold the masks in the state packed eight to a byte along
+      each tensor's last axis (:class:`jaxprune.PackedMask`): one bit of
+      state per prunable weight instead of one byte, and less to read at
+      every step (the step unpacks them inside the loops that use them).
+      The pruning is the same; :func:`jaxprune.masks_of` returns booleans
+      either way.  A tensor whose last axis ``init`` sees split over
+      devices into parts that are not multiples of 8 keeps a boolean mask
+      (packing it would gather it at each mask update).  ``update`` keeps
+      whatever form the state's masks have.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -434,10 +448,17 @@ def prune(
     raise TypeError(f"prunable must be a (path, leaf) -> bool function, got {prunable!r}")
   if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
     raise TypeError(f"seed must be an integer, got {seed!r}")
+  if not isinstance(packed_masks, (bool, np.bool_)):
+    raise TypeError(f"packed_masks must be True or False, got {packed_masks!r}")
   inner = optax.with_extra_args_support(inner)
 
   def plan_for(params) -> _Plan:
     return _make_plan(params, prunable, schedule, allocation)
+
+  def initial_masks(plan: _Plan, params):
+    start = (_all_kept(plan, params) if masks is None
+             else _initial_masks(masks, params, plan))
+    return _packing.pack_tree(start, params) if packed_masks else start
 
   def init_fn(params):
     plan = plan_for(params)
@@ -445,8 +466,7 @@ def prune(
     return PruneState(
         step=jnp.zeros((), jnp.int32),
         level=jnp.full((), -1, jnp.int32),
-        masks=_all_kept(plan, params) if masks is None else _initial_masks(
-            masks, params, plan),
+        masks=initial_masks(plan, params),
         key=jax.random.key_data(jax.random.key(seed)),
         nan_scores=jnp.zeros((), jnp.int32),
         inner_state=inner.init(params),
@@ -467,21 +487,23 @@ def prune(
     _trees.check_state_type(state, PruneState, "jaxprune.prune")
     _trees.check_same_shapes(params, updates, "the updates (gradients)")
     plan = plan_for(params)
-    _check_masks(params, state.masks, plan)
-    masks, nan_scores = state.masks, state.nan_scores
+    _check_masks(params, _packing.unpack_tree(state.masks), plan)
+    stored_masks, nan_scores = state.masks, state.nan_scores
     if schedule.steps:
       level = schedule.level(state.step)
-      masks, nan_scores = _apply_if(
-          level > state.level,
-          lambda masks_and_count: refreshed_masks(
-              state._replace(masks=masks_and_count[0]), params, updates, plan,
-              level,
-          ),
-          (state.masks, state.nan_scores),
-      )
+
+      def refresh(masks_and_count):
+        masks = _packing.unpack_tree(masks_and_count[0])
+        masks, count = refreshed_masks(
+            state._replace(masks=masks), params, updates, plan, level)
+        return _packing.packed_like(masks, masks_and_count[0]), count
+
+      stored_masks, nan_scores = _apply_if(
+          level > state.level, refresh, (state.masks, state.nan_scores))
       new_level = jnp.maximum(level, state.level)
     else:
       new_level = state.level
+    masks = _packing.unpack_tree(stored_masks)
     inner_updates, inner_state = inner.update(
         _mask_gradients(masks, updates), state.inner_state, params, **extra_args
     )
@@ -489,7 +511,7 @@ def prune(
     new_state = PruneState(
         step=optax.safe_increment(state.step),
         level=new_level,
-        masks=masks,
+        masks=stored_masks,
         key=state.key,
         nan_scores=nan_scores,
         inner_state=inner_state,

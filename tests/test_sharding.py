@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxprune
 import transforms
+from jaxprune import _packing
 
 _DEVICES = 8
 _FLAG = f"--xla_force_host_platform_device_count={_DEVICES}"
@@ -41,6 +42,7 @@ needs_devices = pytest.mark.skipif(
 @pytest.mark.skipif(jax.device_count() >= _DEVICES, reason="on 8 devices already")
 @pytest.mark.parametrize("tests", [
     pytest.param(("test_update_matches_one_device_without_gathering_a_parameter",
+                  "test_packed_masks_are_split_with_their_kernels",
                   "test_long_leaves_are_projected_in_place",
                   "test_flipout_noise_is_drawn_where_the_weights_lie"),
                  marks=pytest.mark.long_running(115)),
@@ -103,15 +105,24 @@ def _normalised(spec: PartitionSpec) -> tuple:
 def _assert_shardings_follow_params(tree, layout):
   """Every array leaf of ``tree`` that could be split is split as a param of
   its shape is: masks, counters and moments live beside their weights."""
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if not isinstance(leaf, jax.Array) or leaf.ndim == 0:
+  is_packed = lambda x: isinstance(x, jaxprune.PackedMask)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=is_packed)[0]:
+    if is_packed(leaf):
+      got = _normalised(leaf.bits.sharding.spec)
+      want = _normalised(_spec(layout, leaf.shape))  # its kernel's
+    elif not isinstance(leaf, jax.Array) or leaf.ndim == 0:
       continue
-    want = _normalised(_spec(layout, leaf.shape))
-    got = _normalised(leaf.sharding.spec)
+    else:
+      want = _normalised(_spec(layout, leaf.shape))
+      got = _normalised(leaf.sharding.spec)
     assert got == want, (jax.tree_util.keystr(path), leaf.shape, got, want)
 
 
 def _assert_same(sharded, single, what):
+  # Compared unpacked: the sharded state keeps boolean the masks that do not
+  # split into whole bytes.
+  sharded, single = (_packing.unpack_tree(t) for t in (sharded, single))
   sharded_leaves = jax.tree_util.tree_flatten_with_path(sharded)[0]
   single_leaves = jax.tree.leaves(single)
   assert len(sharded_leaves) == len(single_leaves)
@@ -196,6 +207,29 @@ def test_update_matches_one_device_without_gathering_a_parameter(name):
     _assert_same(sharded, single, f"{name} {layout} {mode}")
     _assert_shardings_follow_params(sharded, layout)
     assert _largest_gather(compiled.as_text()) < smallest_param, (layout, mode)
+
+
+_PACKED = "prune-magnitude-packed"
+
+
+@needs_devices
+def test_packed_masks_are_split_with_their_kernels():
+  rng = np.random.default_rng(3)
+  # Last axes of 16, 8 and 5 entries a device: u's are not whole bytes.
+  params = {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
+            for name, shape in (("k", (16, 128)), ("c", (8, 3, 64)),
+                                ("u", (16, 40)))}
+  tx = transforms.MASKED[_PACKED](optax.adam(1e-2), params)
+  single = _run(_update_step(tx), params, tx.init(params))
+  with jax.set_mesh(_mesh("Explicit")):
+    sharded_params = _shard(params, _mesh("Explicit"), "tp")
+    state = tx.init(sharded_params)
+    sharded = _run(_update_step(tx), sharded_params, state)
+  _assert_same(sharded, single, "packed")
+  _assert_shardings_follow_params(sharded, "tp")
+  masks = sharded[1].masks
+  assert all(_normalised(masks[n].bits.sharding.spec)[-1] == "x" for n in "kc")
+  assert masks["u"].dtype == jnp.bool_  # packing it would gather it
 
 
 # Long enough for the radix search (jaxprune/_projections.py): the l1 leaf

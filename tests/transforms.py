@@ -30,6 +30,9 @@ MASKED = {
         allocation="layerwise"),
     "prune-saliency-erk": lambda inner, params: jaxprune.prune(
         inner, criterion=criteria.saliency, schedule=SCHEDULE, allocation="erk"),
+    "prune-magnitude-packed": lambda inner, params: jaxprune.prune(
+        inner, criterion=criteria.magnitude, schedule=SCHEDULE,
+        packed_masks=True),
     "prune-fixed-masks": lambda inner, params: jaxprune.prune(
         inner, masks=every_fourth_kept(params)),
     "flipout": lambda inner, params: jaxprune.flipout(inner, prune_every=2),
