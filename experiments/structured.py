@@ -132,18 +132,47 @@ def _record(config: Config, root: pathlib.Path, dense_config: Config,
   return record
 
 
+def _sparsity_label(record: dict) -> str:
+  return ("dense" if record["method"] == "dense"
+          else f"{record['node_sparsity']:.0%}")
+
+
 def table(records: list[dict]) -> str:
-  lines = ["| model | node sparsity | test accuracy % | params | widths | "
+  """One row per run."""
+  lines = ["| model | node sparsity | seed | test accuracy % | params | widths | "
            "inference speed-up (batch 1000) |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           "| --- | --- | --- | --- | --- | --- | --- |"]
   for r in records:
     widths = ("–" if not r["widths"] else
               "-".join(str(w) for _, w in sorted(r["widths"].items())[:-1]))
     speed = (f"{r['speedup']:.2f}x ({r['dense_median_s'] * 1e3:.1f} ms → "
              f"{r['small_median_s'] * 1e3:.1f} ms)" if "speedup" in r else "1")
-    sparsity = "dense" if r["method"] == "dense" else f"{r['node_sparsity']:.0%}"
-    lines.append(f"| {r['model']} | {sparsity} | {100 * r['accuracy']:.2f} | "
-                 f"{r['params']:,} | {widths} | {speed} |")
+    lines.append(f"| {r['model']} | {_sparsity_label(r)} | {r['seed']} | "
+                 f"{100 * r['accuracy']:.2f} | {r['params']:,} | {widths} | "
+                 f"{speed} |")
+  return "\n".join(lines) + "\n"
+
+
+def seed_table(records: list[dict]) -> str:
+  """One row per model and sparsity: accuracy mean ± standard deviation over
+  the seeds (population, as the sweeps report it), mean params, and the
+  median speed-up with its range."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in records:
+    groups.setdefault((r["model"], r["method"] != "dense", r["node_sparsity"]),
+                      []).append(r)
+  lines = ["| model | node sparsity | seeds | test accuracy % | params | "
+           "inference speed-up, median (range) |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  for (model, _, _), rs in sorted(groups.items()):
+    accuracy = 100 * np.array([r["accuracy"] for r in rs])
+    speedups = [r["speedup"] for r in rs if "speedup" in r]
+    speed = (f"{np.median(speedups):.2f}x ({min(speedups):.2f}-"
+             f"{max(speedups):.2f})" if speedups else "1")
+    params = int(round(np.mean([r["params"] for r in rs])))
+    lines.append(f"| {model} | {_sparsity_label(rs[0])} | {len(rs)} | "
+                 f"{accuracy.mean():.2f} ± {accuracy.std():.2f} | {params:,} | "
+                 f"{speed} |")
   return "\n".join(lines) + "\n"
 
 
@@ -198,6 +227,8 @@ def main(argv=None) -> int:
   (out / "results.json").write_text(
       json.dumps({"command": command, "runs": records}, indent=2) + "\n")
   text = table(records)
+  if len({r["seed"] for r in records}) > 1:
+    text = (seed_table(records) + "\nEvery run:\n\n" + text)
   (out / "table.md").write_text(
       f"# SNAP-it: structured pruning before training\n\nProduced by "
       f"`{command}` on {jax.devices()[0].platform}.\n\n" + text)

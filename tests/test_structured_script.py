@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from experiments import config as config_lib
 from experiments import structured
 
@@ -43,3 +45,29 @@ def test_speedup_is_timed_once_and_reused_until_a_run_changes(
   record()
   assert len(timed) == 3
   assert record()["timed_at"] and len(timed) == 3
+
+
+def test_seed_table_averages_each_model_and_sparsity_over_seeds():
+  def run(method, sparsity, seed, accuracy, params, speedup=None):
+    record = {"model": "conv6", "method": method, "node_sparsity": sparsity,
+              "seed": seed, "accuracy": accuracy, "params": params,
+              "widths": None}
+    if speedup:
+      record.update(speedup=speedup, dense_median_s=1.0,
+                    small_median_s=1.0 / speedup)
+    return record
+
+  records = [run("dense", 0.5, 0, 0.91, 100), run("dense", 0.5, 1, 0.93, 100),
+             run("snap_it", 0.75, 0, 0.80, 30, 6.0),
+             run("snap_it", 0.75, 1, 0.86, 34, 7.0),
+             run("snap_it", 0.75, 2, 0.83, 35, 2.0),
+             run("snap_it", 0.5, 0, 0.90, 50, 2.5)]
+  rows = structured.seed_table(records).splitlines()[2:]
+  acc = 100 * np.array([0.80, 0.86, 0.83])
+  assert rows == [
+      "| conv6 | dense | 2 | 92.00 ± 1.00 | 100 | 1 |",
+      "| conv6 | 50% | 1 | 90.00 ± 0.00 | 50 | 2.50x (2.50-2.50) |",
+      f"| conv6 | 75% | 3 | {acc.mean():.2f} ± {acc.std():.2f} | 33 | "
+      "6.00x (2.00-7.00) |",
+  ]
+  assert "| conv6 | 75% | 1 | 86.00 | 34 |" in structured.table(records)
