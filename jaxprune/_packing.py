@@ -71,6 +71,7 @@ class PackedMask:
 
 
 def is_packed(x: Any) -> bool:
+  """Whether ``x`` is a :class:`PackedMask` (an ``is_leaf`` for tree maps)."""
   return isinstance(x, PackedMask)
 
 
