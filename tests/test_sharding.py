@@ -105,17 +105,14 @@ def _normalised(spec: PartitionSpec) -> tuple:
 def _assert_shardings_follow_params(tree, layout):
   """Every array leaf of ``tree`` that could be split is split as a param of
   its shape is: masks, counters and moments live beside their weights."""
-  is_packed = lambda x: isinstance(x, jaxprune.PackedMask)
   for path, leaf in jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=is_packed)[0]:
-    if is_packed(leaf):
-      got = _normalised(leaf.bits.sharding.spec)
-      want = _normalised(_spec(layout, leaf.shape))  # its kernel's
-    elif not isinstance(leaf, jax.Array) or leaf.ndim == 0:
+      tree, is_leaf=_packing.is_packed)[0]:
+    packed = _packing.is_packed(leaf)
+    if not packed and (not isinstance(leaf, jax.Array) or leaf.ndim == 0):
       continue
-    else:
-      want = _normalised(_spec(layout, leaf.shape))
-      got = _normalised(leaf.sharding.spec)
+    # A packed mask's bytes are split as its kernel (of leaf.shape) is.
+    want = _normalised(_spec(layout, leaf.shape))
+    got = _normalised((leaf.bits if packed else leaf).sharding.spec)
     assert got == want, (jax.tree_util.keystr(path), leaf.shape, got, want)
 
 
@@ -221,10 +218,10 @@ def test_packed_masks_are_split_with_their_kernels():
                                 ("u", (16, 40)))}
   tx = transforms.MASKED[_PACKED](optax.adam(1e-2), params)
   single = _run(_update_step(tx), params, tx.init(params))
-  with jax.set_mesh(_mesh("Explicit")):
-    sharded_params = _shard(params, _mesh("Explicit"), "tp")
-    state = tx.init(sharded_params)
-    sharded = _run(_update_step(tx), sharded_params, state)
+  mesh = _mesh("Explicit")
+  with jax.set_mesh(mesh):
+    sharded_params = _shard(params, mesh, "tp")
+    sharded = _run(_update_step(tx), sharded_params, tx.init(sharded_params))
   _assert_same(sharded, single, "packed")
   _assert_shardings_follow_params(sharded, "tp")
   masks = sharded[1].masks
