@@ -464,11 +464,31 @@ def load(
     raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
   if name == "cifar10":
     return _load_cifar10(split, source_dir, tfds_dir)
-  b = builder(name, source_dir=source_dir, tfds_dir=tfds_dir)
-  b.download_and_prepare()
+  b = _prepared(name, source_dir, tfds_dir)
   images, labels = _decoded(b, split)
   images.flags.writeable = labels.flags.writeable = False
   return Split(images=images, labels=labels, name=name)
+
+
+def _prepared(name: str, source_dir, tfds_dir) -> tfds.core.DatasetBuilder:
+  """The builder of ``name`` with its records on disk, prepared if need be.
+
+  Processes that start together on a fresh ``tfds_dir`` (the cells of a
+  sweep run with ``--jobs 2``) each prepare the records in a directory of
+  their own and rename it into place; every one but the first then finds
+  the place taken, and tfds raises ``FileExistsError``.  The records there
+  are complete (tfds renames a directory only once it is finished), so such
+  a process reads those.
+  """
+  b = builder(name, source_dir=source_dir, tfds_dir=tfds_dir)
+  try:
+    b.download_and_prepare()
+  except FileExistsError:
+    b = builder(name, source_dir=source_dir, tfds_dir=tfds_dir)
+    if not os.path.isdir(b.data_dir):
+      raise
+    b.download_and_prepare()  # finds them prepared: reads their info only
+  return b
 
 
 def _decoded(b: tfds.core.DatasetBuilder, split: str):

@@ -215,6 +215,38 @@ def test_missing_file_raises(tmp_path):
 
 
 @needs_files
+def test_load_reads_the_records_another_process_prepared_first(
+    tmp_path, monkeypatch
+):
+  # Two processes preparing one fresh tfds directory: the other one renames
+  # its finished records into place while this one is still generating.
+  source, tfds_dir = copy_source(tmp_path), tmp_path / "tfds"
+  made = []
+  real_builder = data.builder
+
+  def builder_that_loses_the_race(name, **kwargs):
+    b = real_builder(name, **kwargs)
+    if not made:
+      generate = b._download_and_prepare
+
+      def generate_after_the_rival(*args, **kw):
+        real_builder(name, **kwargs).download_and_prepare()
+        return generate(*args, **kw)
+
+      b._download_and_prepare = generate_after_the_rival
+    made.append(b)
+    return b
+
+  monkeypatch.setattr(data, "builder", builder_that_loses_the_race)
+  split = data.load("mnist", "test", source_dir=source, tfds_dir=tfds_dir)
+  assert len(made) == 2  # the loser's builder, then one over the rival's records
+  labels = data.read_idx(source / "mnist" / "t10k-labels-idx1-ubyte.gz", 2049)
+  np.testing.assert_array_equal(split.labels, labels)
+  assert [p.name for p in (tfds_dir / "jaxprune_mnist").iterdir()
+          if p.is_dir()] == ["1.0.0"]  # no incomplete directory left
+
+
+@needs_files
 def test_fashion_mnist_loads(tfds_dir):
   split = data.load("fashion_mnist", "test", source_dir=SOURCE, tfds_dir=tfds_dir)
   assert split.images.shape == (10_000, 28, 28, 1) and split.name == "fashion_mnist"
