@@ -442,6 +442,9 @@ def load(
 ) -> Split:
   """Loads a whole split into memory, preparing the data set on first use.
 
+  Processes that load at the same time from a fresh ``tfds_dir`` are safe:
+  the first to finish preparing it wins, the others read its records.
+
   MNIST and Fashion-MNIST keep the order of the original files.  CIFAR-10
   uses tfds's own builder, which needs TensorFlow and a network connection.
 
@@ -470,7 +473,11 @@ def load(
   return Split(images=images, labels=labels, name=name)
 
 
-def _prepared(name: str, source_dir, tfds_dir) -> tfds.core.DatasetBuilder:
+def _prepared(
+    name: str,
+    source_dir: str | os.PathLike | None,
+    tfds_dir: str | os.PathLike | None,
+) -> tfds.core.DatasetBuilder:
   """The builder of ``name`` with its records on disk, prepared if need be.
 
   Processes that start together on a fresh ``tfds_dir`` (the cells of a
