@@ -44,7 +44,7 @@ import math
 import os
 import pathlib
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -467,31 +467,30 @@ def load(
     raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
   if name == "cifar10":
     return _load_cifar10(split, source_dir, tfds_dir)
-  b = _prepared(name, source_dir, tfds_dir)
+  b = _prepared(lambda: builder(name, source_dir=source_dir, tfds_dir=tfds_dir))
   images, labels = _decoded(b, split)
   images.flags.writeable = labels.flags.writeable = False
   return Split(images=images, labels=labels, name=name)
 
 
 def _prepared(
-    name: str,
-    source_dir: str | os.PathLike | None,
-    tfds_dir: str | os.PathLike | None,
+    make_builder: Callable[[], tfds.core.DatasetBuilder],
 ) -> tfds.core.DatasetBuilder:
-  """The builder of ``name`` with its records on disk, prepared if need be.
+  """A builder from ``make_builder`` with its records on disk, prepared if
+  need be.
 
-  Processes that start together on a fresh ``tfds_dir`` (the cells of a
+  Processes that start together on a fresh tfds directory (the cells of a
   sweep run with ``--jobs 2``) each prepare the records in a directory of
   their own and rename it into place; every one but the first then finds
   the place taken, and tfds raises ``FileExistsError``.  The records there
   are complete (tfds renames a directory only once it is finished), so such
-  a process reads those.
+  a process reads those, through a new builder that finds them.
   """
-  b = builder(name, source_dir=source_dir, tfds_dir=tfds_dir)
+  b = make_builder()
   try:
     b.download_and_prepare()
   except FileExistsError:
-    b = builder(name, source_dir=source_dir, tfds_dir=tfds_dir)
+    b = make_builder()
     if not os.path.isdir(b.data_dir):
       raise
     b.download_and_prepare()  # finds them prepared: reads their info only
@@ -578,8 +577,8 @@ def _load_cifar10(split, source_dir, tfds_dir) -> Split:
     raise ValueError(
         "source_dir is only for mnist and fashion_mnist; tfds downloads cifar10"
     )
-  b = tfds.builder("cifar10", data_dir=os.fspath(_tfds_dir(tfds_dir)))
-  b.download_and_prepare()
+  b = _prepared(lambda: tfds.builder(
+      "cifar10", data_dir=os.fspath(_tfds_dir(tfds_dir))))
   arrays = tfds.as_numpy(b.as_dataset(split=split, batch_size=-1))
   return Split(
       images=np.asarray(arrays["image"], np.uint8),
