@@ -9,7 +9,9 @@ network trained is physically smaller), then times the inference of each
 trained network against the dense one in this process: the jitted forward
 pass on batches of 1000 test images, alternating between the two, median
 over many batches (once per run: the timing is kept in the run's
-``speedup.json`` and reused by later collects; ``--retime`` times again).
+``speedup.json`` and reused by later collects; ``--retime`` times again;
+``--keep-earlier`` keeps the runs of an earlier ``results.json`` whose
+directories are gone).
 Writes ``table.md``, ``results.json`` and ``accuracy_vs_params.png`` into
 ``experiments/results/structured/``; runs live in ``runs/structured/CELL``
 and finished cells are not run again.
@@ -29,6 +31,7 @@ import numpy as np
 
 from experiments import config as config_lib
 from experiments import data
+from experiments import files
 from experiments import models
 from experiments import sweep
 from experiments import train
@@ -198,12 +201,43 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def write_results(records: list[dict], out: pathlib.Path, command: str,
+                  earlier_commands: list[str] = ()) -> str:
+  """``results.json``, ``table.md`` and ``accuracy_vs_params.png`` in
+  ``out``; returns the table."""
+  if not records:
+    raise SystemExit("no finished runs to collect for 'structured': "
+                     "nothing written")
+  out.mkdir(parents=True, exist_ok=True)
+  results = {"command": command, "runs": records}
+  if earlier_commands:
+    results["earlier_commands"] = list(earlier_commands)
+  # Whole or not at all: with --keep-earlier it may hold the only copy of
+  # runs whose directories are gone.
+  files.write_text_atomically(out / "results.json",
+                              json.dumps(results, indent=2) + "\n")
+  text = table(records)
+  if len({r["seed"] for r in records}) > 1:
+    text = (seed_table(records) + "\nEvery run:\n\n" + text)
+  produced = "".join(f"`{c}`, then " for c in earlier_commands)
+  files.write_text_atomically(
+      out / "table.md",
+      f"# SNAP-it: structured pruning before training\n\nProduced by "
+      f"{produced}`{command}` on {jax.devices()[0].platform}.\n\n" + text)
+  plot(records, out / "accuracy_vs_params.png")
+  return text
+
+
 def main(argv=None) -> int:
   parser = sweep.script_parser("structured", jobs=1, seeds="0")
   parser.add_argument("--models", default="lenet300100,conv6")
   parser.add_argument("--retime", action="store_true",
                       help="time every speed-up again (by default a run's "
                       "timing is kept in its speedup.json and reused)")
+  parser.add_argument("--keep-earlier", action="store_true",
+                      help="keep the runs already in OUT/results.json that "
+                           "this call does not collect again (their speed-ups "
+                           "as they were timed)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   configs = [config_lib.apply_overrides(c, args.set)
@@ -221,19 +255,12 @@ def main(argv=None) -> int:
     images = data.normalise(test.images[:1000], test.name)
     records.append(_record(c, root, dense, images, args.retime))
   out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
   command = "python -m experiments.structured " + " ".join(
       sys.argv[1:] if argv is None else argv)
-  (out / "results.json").write_text(
-      json.dumps({"command": command, "runs": records}, indent=2) + "\n")
-  text = table(records)
-  if len({r["seed"] for r in records}) > 1:
-    text = (seed_table(records) + "\nEvery run:\n\n" + text)
-  (out / "table.md").write_text(
-      f"# SNAP-it: structured pruning before training\n\nProduced by "
-      f"`{command}` on {jax.devices()[0].platform}.\n\n" + text)
-  plot(records, out / "accuracy_vs_params.png")
-  print(text)
+  earlier_commands = []
+  if args.keep_earlier:
+    records, earlier_commands = sweep.with_earlier_runs(records, out)
+  print(write_results(records, out, command, earlier_commands))
   return 0
 
 

@@ -319,8 +319,9 @@ def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> None:
 
 
 def _run_key(record: dict) -> tuple:
+  # node_sparsity: the structured runs' target (experiments.structured).
   return tuple(record.get(field) for field in (
-      "dataset", "model", "method", "target_sparsity", "seed"))
+      "dataset", "model", "method", "target_sparsity", "node_sparsity", "seed"))
 
 
 def with_earlier_runs(records: Sequence[dict], out: pathlib.Path
@@ -331,7 +332,7 @@ def with_earlier_runs(records: Sequence[dict], out: pathlib.Path
   Cells run at another time or on another machine, whose work directories
   are gone, stay in the results when the sweep is extended (another seed,
   another sparsity): a run collected now replaces the earlier run of the
-  same dataset, model, method, target sparsity and seed.
+  same dataset, model, method, target (or node) sparsity and seed.
   """
   path = out / "results.json"
   if not path.exists():

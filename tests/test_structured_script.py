@@ -1,8 +1,11 @@
-"""experiments.structured: the speed-up of a shrunk run is timed once."""
+"""experiments.structured: the speed-up of a shrunk run is timed once, the
+seed table, and runs kept across collections."""
 
 import json
+import types
 
 import numpy as np
+import pytest
 
 from experiments import config as config_lib
 from experiments import structured
@@ -71,3 +74,45 @@ def test_seed_table_averages_each_model_and_sparsity_over_seeds():
       "6.00x (2.00-7.00) |",
   ]
   assert "| conv6 | 75% | 1 | 86.00 | 34 |" in structured.table(records)
+
+
+def test_keep_earlier_keeps_runs_whose_directories_are_gone(tmp_path,
+                                                            monkeypatch):
+  root, out = tmp_path / "runs", tmp_path / "out"
+  root.mkdir()
+
+  def run(method, sparsity, seed, accuracy):
+    return {"model": "lenet300100", "dataset": "mnist", "method": method,
+            "node_sparsity": sparsity, "seed": seed, "accuracy": accuracy,
+            "params": 1000, "widths": None, "wall_time_s": 1.0}
+
+  # Collected in an earlier checkout: seed 0, and a seed-1 dense run that
+  # the collection below redoes.
+  structured.write_results([run("dense", 0.0, 0, 0.98),
+                            run("snap_it", 0.5, 0, 0.97),
+                            run("dense", 0.0, 1, 0.10)], out, "first")
+  for config in structured.cells(["lenet300100"], [1]):
+    _write_summary(root, config, 0.9)
+  monkeypatch.setattr(structured.data, "load", lambda *a, **k: types.SimpleNamespace(
+      images=np.zeros((1, 28, 28, 1), np.float32), name="mnist"))
+  monkeypatch.setattr(structured.train, "load_checkpoint", lambda c, w: None)
+  monkeypatch.setattr(structured, "inference_speedup", lambda *a: {
+      "dense_median_s": 2.0, "small_median_s": 1.0, "speedup": 2.0})
+  args = ["--seeds", "1", "--models", "lenet300100", "--root", str(root),
+          "--out", str(out), "--only-collect"]
+
+  structured.main(args + ["--keep-earlier"])
+  written = json.loads((out / "results.json").read_text())
+  assert sorted((r["seed"], r["node_sparsity"], r["accuracy"])
+                for r in written["runs"]) == [
+      (0, 0.0, 0.98), (0, 0.5, 0.97),
+      (1, 0.0, 0.9), (1, 0.5, 0.9), (1, 0.75, 0.9), (1, 0.9, 0.9)]
+  assert written["earlier_commands"] == ["first"]
+  assert "Produced by `first`, then `python -m" in (out / "table.md").read_text()
+
+  # Nothing to collect: the results stay as they were.
+  before = (out / "results.json").read_text()
+  with pytest.raises(SystemExit, match="no finished runs"):
+    structured.main(args[:4] + ["--root", str(tmp_path / "empty"),
+                                "--out", str(out), "--only-collect"])
+  assert (out / "results.json").read_text() == before
