@@ -25,6 +25,7 @@ import json
 import pathlib
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -202,7 +203,7 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 
 
 def write_results(records: list[dict], out: pathlib.Path, command: str,
-                  earlier_commands: list[str] = ()) -> str:
+                  earlier_commands: Sequence[str] = ()) -> str:
   """``results.json``, ``table.md`` and ``accuracy_vs_params.png`` in
   ``out``; returns the table."""
   if not records:
