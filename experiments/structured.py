@@ -209,22 +209,15 @@ def write_results(records: list[dict], out: pathlib.Path, command: str,
   if not records:
     raise SystemExit("no finished runs to collect for 'structured': "
                      "nothing written")
-  out.mkdir(parents=True, exist_ok=True)
-  results = {"command": command, "runs": records}
-  if earlier_commands:
-    results["earlier_commands"] = list(earlier_commands)
-  # Whole or not at all: with --keep-earlier it may hold the only copy of
-  # runs whose directories are gone.
-  files.write_text_atomically(out / "results.json",
-                              json.dumps(results, indent=2) + "\n")
+  sweep.write_results_json(out, command, records, earlier_commands)
   text = table(records)
   if len({r["seed"] for r in records}) > 1:
     text = (seed_table(records) + "\nEvery run:\n\n" + text)
-  produced = "".join(f"`{c}`, then " for c in earlier_commands)
   files.write_text_atomically(
       out / "table.md",
       f"# SNAP-it: structured pruning before training\n\nProduced by "
-      f"{produced}`{command}` on {jax.devices()[0].platform}.\n\n" + text)
+      f"{sweep.produced_by(command, earlier_commands)} on "
+      f"{jax.devices()[0].platform}.\n\n" + text)
   plot(records, out / "accuracy_vs_params.png")
   return text
 

@@ -346,24 +346,37 @@ def with_earlier_runs(records: Sequence[dict], out: pathlib.Path
   return kept + list(records), commands
 
 
+def write_results_json(out: pathlib.Path, command: str, runs: Sequence[dict],
+                       earlier_commands: Sequence[str] = (), **fields) -> None:
+  """``out/results.json``: the command, ``fields``, the runs and the earlier
+  commands (those of the runs :func:`with_earlier_runs` kept).
+
+  Written whole or not at all: ``--keep-earlier`` reads it back, and it may
+  hold the only copy of runs whose directories are gone.
+  """
+  results = {"command": command, **fields, "runs": list(runs)}
+  if earlier_commands:
+    results["earlier_commands"] = list(earlier_commands)
+  out.mkdir(parents=True, exist_ok=True)
+  files.write_text_atomically(out / "results.json",
+                              json.dumps(results, indent=2) + "\n")
+
+
+def produced_by(command: str, earlier_commands: Sequence[str] = ()) -> str:
+  """The commands that made a results file, in order, for its table."""
+  return "".join(f"`{c}`, then " for c in earlier_commands) + f"`{command}`"
+
+
 def write_results(name: str, records: Sequence[dict], out: pathlib.Path,
                   command: str, earlier_commands: Sequence[str] = ()
                   ) -> list[dict]:
   if not records:
     raise SystemExit(f"no finished runs to collect for {name!r}: nothing written")
-  out.mkdir(parents=True, exist_ok=True)
   rows = aggregate(records)
-  results = {"command": command, "rows": rows, "runs": list(records)}
-  if earlier_commands:
-    results["earlier_commands"] = list(earlier_commands)
-  # Written whole or not at all: --keep-earlier reads results.json back,
-  # and it may hold runs whose directories are gone.
-  files.write_text_atomically(out / "results.json",
-                              json.dumps(results, indent=2) + "\n")
-  produced = "".join(f"`{c}`, then " for c in earlier_commands)
+  write_results_json(out, command, records, earlier_commands, rows=rows)
   files.write_text_atomically(
       out / "table.md",
-      f"# Sweep `{name}`\n\nProduced by {produced}`{command}`.\n"
+      f"# Sweep `{name}`\n\nProduced by {produced_by(command, earlier_commands)}.\n"
       + markdown_table(rows))
   plot(rows, out / "accuracy_vs_sparsity.png", name)
   return rows
