@@ -35,7 +35,7 @@ from jaxprune._projections import project_l1
 from jaxprune._projections import project_l11
 from jaxprune._projections import project_l21
 from jaxprune._pruning import PruneState
-from jaxprune._pruning import apply_masks
+from jaxprune._masks import apply_masks
 from jaxprune._pruning import prune
 from jaxprune._snip import gradient_flow
 from jaxprune._snip import grasp

@@ -43,37 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune import _checks
 from jaxprune import _inspect
+from jaxprune import _masked
 from jaxprune import _noise
-from jaxprune import _pruning
+from jaxprune import _packing
+from jaxprune import _plans
 from jaxprune import _selection
 from jaxprune import _trees
-
-
-@_inspect.register_mask_state
-class FlipOutState(NamedTuple):
-  """State of :func:`flipout`.
-
-  Attributes:
-    step: int32, the number of updates applied so far.
-    masks: a tree with the structure of the params: a boolean array (True =
-      kept) for every prunable leaf, ``None`` for the others.
-    flips: the same tree of unsigned integer arrays: how many times each
-      surviving weight has changed sign since ``init`` (0 for pruned
-      weights).  Saturates at the dtype's maximum (see :func:`flipout`).
-    events: int32, the number of pruning dates passed, including those that
-      removed nothing because ``final_sparsity`` was already reached.
-    key: uint32 key data; the gradient noise of step ``t`` is drawn from
-      ``fold_in(key, t)``.
-    inner_state: the state of the wrapped optimizer.
-  """
-
-  step: jax.Array
-  masks: Any
-  flips: Any
-  events: jax.Array
-  key: jax.Array
-  inner_state: optax.OptState
 
 
 class FlipOutSchedule(NamedTuple):
@@ -111,7 +88,7 @@ def flipout_sparsity(rate: float, events: int) -> float:
     [0.75, 0.9375, 0.999]
   """
   _check_rate(rate)
-  _check_int("events", events, minimum=0)
+  _checks.check_int("events", events, minimum=0)
   return 1.0 - (1.0 - rate) ** events
 
 
@@ -142,9 +119,9 @@ def flipout_schedule(
     >>> jaxprune.flipout_schedule(391, prune_every_epochs=32, epochs=350)
     FlipOutSchedule(prune_every=12512, events=10, sparsity=0.9990234375)
   """
-  _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
-  _check_int("prune_every_epochs", prune_every_epochs, minimum=1)
-  _check_int("epochs", epochs, minimum=1)
+  _checks.check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+  _checks.check_int("prune_every_epochs", prune_every_epochs, minimum=1)
+  _checks.check_int("epochs", epochs, minimum=1)
   events = (epochs - 1) // prune_every_epochs
   return FlipOutSchedule(
       steps_per_epoch * prune_every_epochs,
@@ -175,14 +152,6 @@ def flip_counts(opt_state: Any) -> Any:
   ).flips
 
 
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None):
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{name} must be an integer, got {value!r}")
-  if value < minimum or (maximum is not None and value > maximum):
-    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-    raise ValueError(f"{name} must be {bound}, got {value}")
-
-
 def _check_rate(rate: Any) -> None:
   if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
     raise TypeError(f"rate must be a number, got {rate!r}")
@@ -191,24 +160,6 @@ def _check_rate(rate: Any) -> None:
         f"rate must be in (0, 1), the fraction of surviving weights removed "
         f"per pruning event; got {rate}"
     )
-
-
-def _check_array_like(name: str, value: Any, positive: bool) -> None:
-  """Checks a scalar hyperparameter that may be traced (inject_hyperparams)."""
-  if isinstance(value, bool) or not (
-      isinstance(value, numbers.Real)
-      or jnp.issubdtype(getattr(value, "dtype", np.dtype(object)), jnp.number)
-  ):
-    raise TypeError(f"{name} must be a number, got {value!r}")
-  if jnp.ndim(value) != 0:
-    raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
-  if isinstance(value, jax.core.Tracer):
-    return
-  number = float(np.asarray(value))
-  valid = number > 0 if positive else number >= 0
-  if not valid:
-    bound = "> 0" if positive else ">= 0"
-    raise ValueError(f"{name} must be {bound}, got {number}")
 
 
 def _counter_dtype(max_steps: int | None) -> np.dtype:
@@ -256,6 +207,35 @@ def _kept_after_events(
     kept.append(after)
 
 
+@_inspect.register_mask_state
+class FlipOutState(NamedTuple):
+  """State of :func:`flipout`.
+
+  Attributes:
+    step: int32, the number of updates applied so far.
+    masks: a tree with the structure of the params: a boolean array (True =
+      kept) for every prunable leaf, ``None`` for the others; a
+      :class:`jaxprune.PackedMask` instead of the array with
+      ``flipout(..., packed_masks=True)`` (read them with
+      :func:`jaxprune.masks_of`).
+    flips: the same tree of unsigned integer arrays: how many times each
+      surviving weight has changed sign since ``init`` (0 for pruned
+      weights).  Saturates at the dtype's maximum (see :func:`flipout`).
+    events: int32, the number of pruning dates passed, including those that
+      removed nothing because ``final_sparsity`` was already reached.
+    key: uint32 key data; the gradient noise of step ``t`` is drawn from
+      ``fold_in(key, t)``.
+    inner_state: the state of the wrapped optimizer.
+  """
+
+  step: jax.Array
+  masks: Any
+  flips: Any
+  events: jax.Array
+  key: jax.Array
+  inner_state: optax.OptState
+
+
 def flipout(
     inner: optax.GradientTransformation,
     *,
@@ -267,6 +247,7 @@ def flipout(
     prunable: _trees.PrunablePredicate | None = None,
     seed: int = 0,
     max_steps: int | None = None,
+    packed_masks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that it prunes by FlipOut as it trains.
 
@@ -336,6 +317,9 @@ def flipout(
     seed: seeds the gradient noise.
     max_steps: ``None``, or the number of updates of the run, to choose
       flip counters that cannot saturate.
+    packed_masks: hold the masks in the state packed eight to a byte along
+      each tensor's last axis, as ``jaxprune.prune(..., packed_masks=True)``
+      does; the pruning is the same.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -358,10 +342,10 @@ def flipout(
     Apostol, Stol and Forre, "FlipOut: Uncovering Redundant Weights via
     Sign Flipping", 2020, https://arxiv.org/abs/2009.02594
   """
-  _check_int("prune_every", prune_every, minimum=1, maximum=2**31 - 1)
+  _checks.check_int("prune_every", prune_every, minimum=1, maximum=2**31 - 1)
   _check_rate(rate)
-  _check_array_like("p", p, positive=True)
-  _check_array_like("noise", noise, positive=False)
+  _checks.check_scalar_hyperparameter("p", p, positive=True)
+  _checks.check_scalar_hyperparameter("noise", noise, positive=False)
   if final_sparsity is not None:
     if isinstance(final_sparsity, bool) or not isinstance(
         final_sparsity, numbers.Real
@@ -371,21 +355,16 @@ def flipout(
       )
     if not 0.0 <= final_sparsity < 1.0:
       raise ValueError(f"final_sparsity must be in [0, 1), got {final_sparsity}")
-  if prunable is not None and not callable(prunable):
-    raise TypeError(
-        f"prunable must be a (path, leaf) -> bool function, got {prunable!r}"
-    )
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise TypeError(f"seed must be an integer, got {seed!r}")
+  _checks.check_prunable(prunable)
+  _checks.check_seed(seed)
   if max_steps is not None:
-    _check_int("max_steps", max_steps, minimum=1)
+    _checks.check_int("max_steps", max_steps, minimum=1)
   counter_dtype = _counter_dtype(max_steps)
   counter_max = np.iinfo(counter_dtype).max
   noisy = isinstance(noise, jax.core.Tracer) or float(np.asarray(noise)) != 0.0
-  inner = optax.with_extra_args_support(inner)
 
-  def plan_for(params) -> _pruning._Plan:
-    return _pruning._plan_with(
+  def plan(params) -> _plans.Plan:
+    return _plans.make_plan(
         params,
         prunable,
         "global",
@@ -401,12 +380,8 @@ def flipout(
         caller="jaxprune.flipout",
     )
 
-  def init_fn(params):
-    plan = plan_for(params)
-    _pruning._check_finite(params, plan, "jaxprune.flipout")
-    return FlipOutState(
-        step=jnp.zeros((), jnp.int32),
-        masks=_pruning._all_kept(plan, params),
+  def init_fields(params, plan: _plans.Plan):
+    return dict(
         flips=jax.tree.map(
             lambda flag, x: (
                 jnp.zeros_like(x, dtype=counter_dtype) if flag else None
@@ -415,29 +390,43 @@ def flipout(
             params,
         ),
         events=jnp.zeros((), jnp.int32),
-        key=jax.random.key_data(jax.random.key(seed)),
-        inner_state=inner.init(params),
     )
 
-  def pruned_masks(masks, flips, params, plan: _pruning._Plan, kept):
-    old = _pruning._mask_leaves(masks)
+  def check_state(state: FlipOutState, params, plan: _plans.Plan):
+    del params, plan
+    _trees.check_same_structure(
+        _packing.unpack_tree(state.masks), state.flips,
+        "the flip counters in the optimizer state",
+    )
+
+  def refresh(state: FlipOutState, plan: _plans.Plan):
+    kept = jnp.asarray(plan.kept[:, 0])
+    last = plan.kept.shape[0] - 1
+    due = (state.step > 0) & (state.step % prune_every == 0)
+    fields = {"events": state.events + due.astype(jnp.int32)}
+    if last == 0:  # final_sparsity 0, or a single weight per tensor
+      return None, fields
+    target = kept[jnp.minimum(state.events + 1, last)]
+    shrinks = target < kept[jnp.minimum(state.events, last)]
+    return _masked.Refresh(due & shrinks, target[None]), fields
+
+  def ranking_keys(state: FlipOutState, params, grads, masks,
+                   plan: _plans.Plan):
+    del grads
 
     def keys_of(w, f, m):
       score = _power(jnp.abs(w.astype(jnp.float32)), p)
       score = score / (f.astype(jnp.float32) + 1.0)
       return _selection.ranking_keys(score, m)
 
-    keys = [  # computed a slice at a time where they are ranked
+    return [  # computed a slice at a time where they are ranked
         _selection.LazyKeys(keys_of, (w, f, m)) for w, f, m in zip(
-            _pruning._prunable_leaves(params, plan), jax.tree.leaves(flips), old)
+            _plans.prunable_leaves(params, plan), jax.tree.leaves(state.flips),
+            jax.tree.leaves(masks))
     ]
-    selection = _selection.keep_top_k(
-        keys, plan.group_ids, plan.group_sizes, kept, keep_best=True
-    )
-    new = [k & m for k, m in zip(selection.kept, old)]
-    return jax.tree.unflatten(jax.tree.structure(masks), new)
 
-  def noisy_gradients(grads, key):
+  def noisy_gradients(state: FlipOutState, grads):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     leaves, treedef = jax.tree.flatten(grads)
     keys = jax.random.split(key, max(len(leaves), 1))
 
@@ -454,7 +443,7 @@ def flipout(
         treedef, [add_noise(g, keys[i]) for i, g in enumerate(leaves)]
     )
 
-  def counted_flips(flips, masks, updates, params):
+  def counted_flips(state: FlipOutState, masks, updates, params):
     def count(f, m, u, w):
       if f is None:
         return None
@@ -464,49 +453,20 @@ def flipout(
       f = f + (flipped & room).astype(f.dtype)
       return jnp.where(m, f, jnp.zeros_like(f))
 
-    return jax.tree.map(
-        count, flips, masks, updates, params, is_leaf=lambda x: x is None
-    )
+    return {"flips": jax.tree.map(
+        count, state.flips, masks, updates, params,
+        is_leaf=lambda x: x is None)}
 
-  def update_fn(updates, state, params=None, **extra_args):
-    _pruning._require_params(params, "flipout")
-    _trees.check_state_type(state, FlipOutState, "jaxprune.flipout")
-    _trees.check_same_shapes(params, updates, "the updates (gradients)")
-    plan = plan_for(params)
-    _pruning._check_masks(params, state.masks, plan)
-    _trees.check_same_structure(
-        state.masks, state.flips, "the flip counters in the optimizer state"
-    )
-    kept = jnp.asarray(plan.kept[:, 0])
-    last = plan.kept.shape[0] - 1
-    due = (state.step > 0) & (state.step % prune_every == 0)
-    target = kept[jnp.minimum(state.events + 1, last)]
-    masks = state.masks
-    if last > 0:
-      masks = _pruning._apply_if(
-          due & (target < kept[jnp.minimum(state.events, last)]),
-          lambda m: pruned_masks(m, state.flips, params, plan, target[None]),
-          state.masks,
-      )
-    grads = updates
-    if noisy:
-      key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-      grads = noisy_gradients(_pruning._mask_gradients(masks, grads), key)
-    inner_updates, inner_state = inner.update(
-        _pruning._mask_gradients(masks, grads),
-        state.inner_state,
-        params,
-        **extra_args,
-    )
-    updates = _pruning._zero_pruned_params(masks, inner_updates, params)
-    new_state = FlipOutState(
-        step=optax.safe_increment(state.step),
-        masks=masks,
-        flips=counted_flips(state.flips, masks, updates, params),
-        events=state.events + due.astype(jnp.int32),
-        key=state.key,
-        inner_state=inner_state,
-    )
-    return updates, new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  method = _masked.MaskingMethod(
+      caller="jaxprune.flipout",
+      state_type=FlipOutState,
+      plan=plan,
+      keep_best=True,
+      refresh=refresh,
+      ranking_keys=ranking_keys,
+      init_fields=init_fields,
+      check_state=check_state,
+      perturb_gradients=noisy_gradients if noisy else None,
+      after_update=counted_flips,
+  )
+  return _masked.masked(inner, method, packed_masks=packed_masks, seed=seed)

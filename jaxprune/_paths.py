@@ -37,9 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune import _allocation
-from jaxprune import _pruning
+from jaxprune import _checks
+from jaxprune import _masked
+from jaxprune import _masks
+from jaxprune import _plans
 from jaxprune import _trees
-from jaxprune import schedules
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -142,23 +144,23 @@ def synflow(
     TypeError: a leaf of the params that is not real floating-point.
   """
   caller = "jaxprune.synflow"
-  sparsity = schedules._check_sparsity(sparsity, "sparsity")
+  sparsity = _checks.check_sparsity(sparsity, "sparsity")
   if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
     raise ValueError(f"{caller}: rounds must be a positive integer, got {rounds!r}")
   input_shape = _check_input_shape(input_shape, caller)
   _allocation.check_allocation(allocation)
   levels = [1.0 - (1.0 - sparsity) ** (k / rounds) for k in range(1, rounds + 1)]
   levels[-1] = sparsity
-  plan = _pruning._plan_with(
+  plan = _plans.make_plan(
       params, prunable, allocation,
       lambda shapes: [
           _allocation.kept_counts(s, shapes, allocation) for s in levels],
       caller=caller)
   _trees.check_differentiable(params, caller, real=True)
-  _pruning._check_finite(params, plan, caller)
-  masks = _pruning._all_kept(plan, params)
+  _plans.check_finite(params, plan, caller)
+  masks = _masks.all_kept(plan, params)
   select = jax.jit(functools.partial(
-      _pruning.selected_masks, plan=plan, allocation=allocation))
+      _masked.selected_masks, plan=plan, allocation=allocation))
   for level in range(rounds):
     paths, scores = _path_scores(apply_fn, params, masks, input_shape, False)
     if not np.isfinite(float(paths)):

@@ -78,9 +78,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune import _flipout
+from jaxprune import _checks
 from jaxprune import _inspect
-from jaxprune import _pruning
 from jaxprune import _sharding
 from jaxprune import _trees
 
@@ -553,7 +552,7 @@ def l1_ball_projection(
     Array([ 1. , -0.5], dtype=float32)
   """
   x = _check_floating("l1_ball_projection", x)
-  _flipout._check_array_like("radius", radius, positive=False)
+  _checks.check_scalar_hyperparameter("radius", radius, positive=False)
   return x if x.size == 0 else _l1(x, radius)
 
 
@@ -600,7 +599,7 @@ def l21_ball_projection(
            [0. , 0. ]], dtype=float32)
   """
   x = _check_floating("l21_ball_projection", x)
-  _flipout._check_array_like("radius", radius, positive=False)
+  _checks.check_scalar_hyperparameter("radius", radius, positive=False)
   axes = _normalize_axis(axis, x.ndim, f"an array of shape {x.shape}")
   return x if x.size == 0 else _l21(x, radius, axes)
 
@@ -660,7 +659,7 @@ def l11_ball_projection(
            [0., 1.]], dtype=float32)
   """
   x = _check_floating("l11_ball_projection", x)
-  _flipout._check_array_like("radius", radius, positive=False)
+  _checks.check_scalar_hyperparameter("radius", radius, positive=False)
   axes = _normalize_axis(axis, x.ndim, f"an array of shape {x.shape}")
   return x if x.size == 0 else _l11(x, radius, axes)
 
@@ -702,7 +701,7 @@ def _projection(
     axis: Axis | None,
 ) -> optax.GradientTransformationExtraArgs:
   """The transformation that projects ``params + updates`` with ``project``."""
-  _flipout._check_array_like("radius", radius, positive=False)
+  _checks.check_scalar_hyperparameter("radius", radius, positive=False)
   _check_prunable(prunable)
   if axis is not None:
     _check_axis_type(axis)
@@ -718,7 +717,7 @@ def _projection(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _pruning._require_params(params, name)
+    _checks.require_params(params, f"jaxprune.{name}")
     _trees.check_state_type(state, ProjectionState, f"jaxprune.{name}")
     _trees.check_same_shapes(params, updates, "the updates tree")
     flags = _selected(params, prunable, name, axis)

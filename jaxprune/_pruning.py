@@ -21,21 +21,18 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax import lax
 
 from jaxprune import _allocation
+from jaxprune import _checks
 from jaxprune import _inspect
-from jaxprune import _packing
+from jaxprune import _masked
+from jaxprune import _plans
 from jaxprune import _selection
-from jaxprune import _sharding
 from jaxprune import _trees
 from jaxprune import criteria as criteria_lib
 from jaxprune import schedules as schedules_lib
@@ -66,261 +63,6 @@ class PruneState(NamedTuple):
   key: jax.Array
   nan_scores: jax.Array
   inner_state: optax.OptState
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-  """What is pruned and how many weights each group keeps, per level."""
-
-  prunable: Any  # tree of Python bools with the structure of the params
-  paths: tuple[_trees.Path, ...]  # of the prunable leaves, in tree order
-  group_ids: tuple[int, ...]
-  group_sizes: tuple[int, ...]
-  kept: np.ndarray  # int32 [levels, groups]
-
-
-def _make_plan(params, prunable, schedule, allocation) -> _Plan:
-  return _plan_with(
-      params,
-      prunable,
-      allocation,
-      lambda shapes: [
-          _allocation.kept_counts(s, shapes, allocation)
-          for s in schedule.sparsities
-      ],
-  )
-
-
-def _plan_with(params, prunable, allocation, kept_counts,
-               caller: str = "jaxprune.prune") -> _Plan:
-  """The plan for ``params``, checking the prunable leaves.
-
-  Args:
-    params: the parameter tree.
-    prunable: the user's predicate, or ``None`` for the default.
-    allocation: how the prunable tensors are grouped for ranking.
-    kept_counts: ``shapes -> rows``, the prunable tensors' shapes to one row
-      of per-group kept counts for every level.
-    caller: the public function, for error messages.
-  """
-  flags, selected = _trees.selected_leaves(params, prunable, caller, "pruned")
-  shapes = [tuple(np.shape(leaf)) for _, leaf in selected]
-  group_ids, group_sizes = _allocation.group_layout(shapes, allocation)
-  too_big = [n for n in group_sizes if n >= 2**31]
-  if too_big:
-    raise ValueError(
-        f"a ranked group holds {too_big[0]} weights; at most 2**31 - 1 are "
-        "supported"
-    )
-  kept = kept_counts(shapes)
-  kept = np.asarray(kept, np.int32).reshape(len(kept), len(group_sizes))
-  return _Plan(
-      flags, tuple(p for p, _ in selected), group_ids, group_sizes, kept
-  )
-
-
-def _check_finite(params, plan: _Plan, caller: str = "jaxprune.prune") -> None:
-  """Raises ``ValueError`` naming the first prunable leaf with NaN or inf.
-
-  Traced leaves (under jit) cannot be checked and are skipped.
-  """
-  for (path, leaf), flag in zip(
-      _trees.leaves_with_paths(params), jax.tree.leaves(plan.prunable)
-  ):
-    if flag and not isinstance(leaf, jax.core.Tracer):
-      if not bool(jnp.all(jnp.isfinite(leaf))):
-        raise ValueError(
-            f"{caller}: prunable leaf {_trees.path_string(path)} holds NaN or "
-            "inf values; pruning scores computed from it would be meaningless"
-        )
-
-
-def _prunable_leaves(tree, plan: _Plan) -> list[Any]:
-  return [
-      leaf
-      for leaf, flag in zip(jax.tree.leaves(tree), jax.tree.leaves(plan.prunable))
-      if flag
-  ]
-
-
-def _mask_leaves(masks) -> list[jax.Array]:
-  return jax.tree.leaves(masks)  # None leaves are dropped
-
-
-def _apply_if(predicate: jax.Array, fn, operand):
-  """``fn(operand)`` if ``predicate`` else ``operand``, updating in place.
-
-  A while loop of zero or one trip: XLA keeps a loop's carry in the buffers
-  it came in, so a step that does not update the masks touches nothing,
-  where ``lax.cond`` would copy the masks into fresh buffers at every step.
-  """
-
-  def body(carry):
-    pending, value = carry
-    del pending
-    return jnp.zeros((), jnp.bool_), fn(value)
-
-  _, result = lax.while_loop(lambda carry: carry[0], body, (predicate, operand))
-  return result
-
-
-def selected_masks(scores, masks, plan: _Plan, allocation: str, kept: jax.Array):
-  """The masks that keep the ``kept[g]`` best-scoring surviving weights.
-
-  Args:
-    scores: the criterion's scores, a tree with the structure of the params.
-    masks: the current masks (the survivors); the new ones are a subset.
-    plan: what is pruned and how it is grouped.
-    allocation: the plan's allocation; under ``"global"`` every tensor's best
-      survivor is kept.
-    kept: int32, the number of weights each group keeps.
-
-  Returns:
-    The new masks and the number of survivors whose score was NaN.
-  """
-  _trees.check_same_structure(plan.prunable, scores, "the criterion's scores")
-  old = _mask_leaves(masks)
-  new_scores = _prunable_leaves(scores, plan)
-  for path, score, mask in zip(plan.paths, new_scores, old):
-    if jnp.shape(score) != mask.shape:
-      raise ValueError(
-          f"the criterion's score for {_trees.path_string(path)} has shape "
-          f"{jnp.shape(score)}, expected {mask.shape}"
-      )
-  keys = [_selection.LazyKeys(_selection.ranking_keys, (s, m))
-          for s, m in zip(new_scores, old)]
-  return _ranked_masks(keys, masks, plan, allocation, kept)
-
-
-def _ranked_masks(keys, masks, plan: _Plan, allocation: str, kept: jax.Array):
-  """The masks that keep the ``kept[g]`` highest ``keys`` (one per prunable
-  leaf, arrays or :class:`_selection.LazyKeys`) of each group, and the
-  number of survivors whose score was NaN (see :func:`selected_masks`)."""
-  old = _mask_leaves(masks)
-  selection = _selection.keep_top_k(keys, plan.group_ids, plan.group_sizes,
-                                    kept, keep_best=allocation == "global")
-  new = [k & m for k, m in zip(selection.kept, old)]
-  nan_scores = jnp.sum(selection.nan_counts)
-  return jax.tree.unflatten(jax.tree.structure(masks), new), nan_scores
-
-
-def _per_weight_keys(per_weight, params, grads, masks, plan: _Plan):
-  """Ranking keys of ``per_weight(param, grad)``, computed where they are
-  ranked (see :class:`jaxprune.criteria.Criterion`)."""
-  def keys_of(w, g, m):
-    return _selection.ranking_keys(per_weight(w, g), m)
-
-  return [
-      _selection.LazyKeys(keys_of, (w, g, m)) for w, g, m in zip(
-          _prunable_leaves(params, plan), _prunable_leaves(grads, plan),
-          _mask_leaves(masks))
-  ]
-
-
-def _mask_gradients(masks, grads):
-  return jax.tree.map(
-      lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
-      masks,
-      grads,
-      is_leaf=lambda x: x is None,
-  )
-
-
-def _zero_pruned_params(masks, updates, params):
-  """Updates that leave ``params + updates`` exactly 0 where the mask is False."""
-  return jax.tree.map(
-      lambda m, u, p: u if m is None else jnp.where(m, u, -p.astype(u.dtype)),
-      masks,
-      updates,
-      params,
-      is_leaf=lambda x: x is None,
-  )
-
-
-def _require_params(params, name: str) -> None:
-  if params is None:
-    raise ValueError(
-        f"jaxprune.{name} needs the current params: call "
-        "tx.update(grads, opt_state, params)"
-    )
-
-
-def _all_kept(plan: _Plan, params):
-  """Masks that keep everything: True for prunable leaves, None elsewhere."""
-  return jax.tree.map(
-      lambda flag, p: jnp.ones_like(p, dtype=jnp.bool_) if flag else None,
-      plan.prunable,
-      params,
-  )
-
-
-def _check_masks(params, masks, plan: _Plan,
-                 what: str = "the masks in the optimizer state") -> None:
-  """Raises ``ValueError`` unless ``masks`` fit ``params``."""
-  expected_masks = jax.tree.map(
-      lambda flag, p: p if flag else None, plan.prunable, params
-  )
-  _trees.check_same_structure(expected_masks, masks, what)
-  for path, mask, leaf in zip(
-      plan.paths, _mask_leaves(masks), _prunable_leaves(params, plan)
-  ):
-    if jnp.shape(mask) != jnp.shape(leaf):
-      raise ValueError(
-          f"the mask of {_trees.path_string(path)} has shape {jnp.shape(mask)} "
-          f"but the param has shape {jnp.shape(leaf)}"
-      )
-
-
-def apply_masks(params: Any, masks: Any) -> Any:
-  """``params`` with the weights that ``masks`` prune set to exactly 0.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import jaxprune
-    >>> params = {'w': jnp.array([1.0, -2.0, 3.0]), 'b': jnp.ones(1)}
-    >>> masks = {'w': jnp.array([True, False, True]), 'b': None}
-    >>> jaxprune.apply_masks(params, masks)['w']
-    Array([1., 0., 3.], dtype=float32)
-
-  Args:
-    params: the parameter tree.
-    masks: a tree with the structure of ``params``: a boolean array of the
-      leaf's shape (True = kept) or ``None`` (not pruned) for every leaf, as
-      :func:`jaxprune.masks_of` and :func:`jaxprune.snip` return.
-
-  Raises:
-    ValueError: if the trees or a leaf's shape do not match.
-  """
-  is_none = lambda x: x is None
-  _trees.check_same_structure(
-      jax.tree.map(lambda _: 0, params), jax.tree.map(
-          lambda m: 0, masks, is_leaf=is_none), "the masks")
-
-  def masked(p, m):
-    if m is None:
-      return p
-    if jnp.shape(m) != jnp.shape(p):
-      raise ValueError(
-          f"a mask of shape {jnp.shape(m)} cannot mask a param of shape "
-          f"{jnp.shape(p)}")
-    return jnp.where(m, p, jnp.zeros_like(p))
-
-  return jax.tree.map(masked, params, masks, is_leaf=is_none)
-
-
-def _initial_masks(masks, params, plan: _Plan, caller: str = "jaxprune.prune"):
-  """The user's initial masks, checked against the params, as bool arrays."""
-  _check_masks(params, masks, plan, what=(
-      f"the masks given to {caller} (a boolean array for every prunable leaf, "
-      "None for the others)"))
-  for path, mask in zip(plan.paths, _mask_leaves(masks)):
-    if jnp.result_type(mask) != jnp.bool_:
-      raise TypeError(
-          f"the initial mask of {_trees.path_string(path)} has dtype "
-          f"{jnp.result_type(mask)}; masks are boolean (True = kept)")
-  return jax.tree.map(
-      lambda m, p: None if m is None else _sharding.placed_like(m, p),
-      masks, params, is_leaf=lambda x: x is None)
 
 
 def prune(
@@ -440,82 +182,44 @@ def prune(
     )
   if not callable(criterion):
     raise TypeError(f"criterion must be callable, got {criterion!r}")
-  if not callable(getattr(criterion, "per_weight", callable)):
-    raise TypeError(
-        "criterion.per_weight must be a (param, grad) -> score function, got "
-        f"{criterion.per_weight!r}")
-  if prunable is not None and not callable(prunable):
-    raise TypeError(f"prunable must be a (path, leaf) -> bool function, got {prunable!r}")
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise TypeError(f"seed must be an integer, got {seed!r}")
-  if not isinstance(packed_masks, (bool, np.bool_)):
-    raise TypeError(f"packed_masks must be True or False, got {packed_masks!r}")
-  inner = optax.with_extra_args_support(inner)
+  per_weight = criteria_lib.per_weight_form(criterion)
+  _checks.check_prunable(prunable)
+  _checks.check_seed(seed)
+  _checks.check_flag("packed_masks", packed_masks)
 
-  def plan_for(params) -> _Plan:
-    return _make_plan(params, prunable, schedule, allocation)
+  def plan(params) -> _plans.Plan:
+    return _plans.leveled_plan(params, prunable, allocation,
+                               schedule.sparsities, "jaxprune.prune")
 
-  def initial_masks(plan: _Plan, params):
-    start = (_all_kept(plan, params) if masks is None
-             else _initial_masks(masks, params, plan))
-    return _packing.pack_tree(start, params) if packed_masks else start
-
-  def init_fn(params):
-    plan = plan_for(params)
-    _check_finite(params, plan)
-    return PruneState(
-        step=jnp.zeros((), jnp.int32),
-        level=jnp.full((), -1, jnp.int32),
-        masks=initial_masks(plan, params),
-        key=jax.random.key_data(jax.random.key(seed)),
-        nan_scores=jnp.zeros((), jnp.int32),
-        inner_state=inner.init(params),
-    )
-
-  def refreshed_masks(state: PruneState, params, grads, plan: _Plan, level):
+  def refresh(state: PruneState, plan: _plans.Plan):
+    if not schedule.steps:  # fixed masks
+      return None, {}
+    level = schedule.level(state.step)
+    due = level > state.level
     kept = jnp.asarray(plan.kept)[level]
-    per_weight = getattr(criterion, "per_weight", None)
-    if per_weight is not None:
-      keys = _per_weight_keys(per_weight, params, grads, state.masks, plan)
-      return _ranked_masks(keys, state.masks, plan, allocation, kept)
+    return _masked.Refresh(due, kept), {"level": jnp.maximum(level, state.level)}
+
+  def ranking_keys(state: PruneState, params, grads, masks, plan: _plans.Plan):
+    if per_weight is not None:  # scored a slice at a time where ranked
+      def keys_of(w, g, m):
+        return _selection.ranking_keys(per_weight(w, g), m)
+
+      return [
+          _selection.LazyKeys(keys_of, (w, g, m)) for w, g, m in zip(
+              _plans.prunable_leaves(params, plan),
+              _plans.prunable_leaves(grads, plan), jax.tree.leaves(masks))
+      ]
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    scores = criterion(params, grads, key)
-    return selected_masks(scores, state.masks, plan, allocation, kept)
+    return _masked.score_keys(criterion(params, grads, key), masks, plan)
 
-  def update_fn(updates, state, params=None, **extra_args):
-    _require_params(params, "prune")
-    _trees.check_state_type(state, PruneState, "jaxprune.prune")
-    _trees.check_same_shapes(params, updates, "the updates (gradients)")
-    plan = plan_for(params)
-    _check_masks(params, _packing.unpack_tree(state.masks), plan)
-    stored_masks, nan_scores = state.masks, state.nan_scores
-    if schedule.steps:
-      level = schedule.level(state.step)
-
-      def refresh(masks_and_count):
-        masks = _packing.unpack_tree(masks_and_count[0])
-        masks, count = refreshed_masks(
-            state._replace(masks=masks), params, updates, plan, level)
-        return _packing.packed_like(masks, masks_and_count[0]), count
-
-      stored_masks, nan_scores = _apply_if(
-          level > state.level, refresh, (state.masks, state.nan_scores))
-      new_level = jnp.maximum(level, state.level)
-    else:
-      new_level = state.level
-    masks = _packing.unpack_tree(stored_masks)
-    inner_updates, inner_state = inner.update(
-        _mask_gradients(masks, updates), state.inner_state, params, **extra_args
-    )
-    updates = _zero_pruned_params(masks, inner_updates, params)
-    new_state = PruneState(
-        step=optax.safe_increment(state.step),
-        level=new_level,
-        masks=stored_masks,
-        key=state.key,
-        nan_scores=nan_scores,
-        inner_state=inner_state,
-    )
-    return updates, new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  method = _masked.MaskingMethod(
+      caller="jaxprune.prune",
+      state_type=PruneState,
+      plan=plan,
+      keep_best=allocation == "global",
+      refresh=refresh,
+      ranking_keys=ranking_keys,
+      init_fields=lambda params, plan: {"level": jnp.full((), -1, jnp.int32)},
+  )
+  return _masked.masked(inner, method, masks=masks, packed_masks=packed_masks,
+                        seed=seed)

@@ -36,16 +36,18 @@ References:
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxprune import _allocation
-from jaxprune import _pruning
+from jaxprune import _checks
+from jaxprune import _masked
+from jaxprune import _masks
+from jaxprune import _plans
+from jaxprune import _scoring
 from jaxprune import _trees
 from jaxprune import schedules
 
@@ -85,49 +87,11 @@ def sensitivity(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
     raise ValueError("sensitivity needs at least one batch, got none")
   total = None
   for batch in batches:
-    grads = _gradient(loss_fn)(params, batch)
+    grads = _scoring.jitted_gradient(loss_fn)(params, batch)
     total = grads if total is None else jax.tree.map(jnp.add, total, grads)
   return jax.tree.map(
       lambda w, g: jnp.abs(g.astype(jnp.float32) * w.astype(jnp.float32)),
       params, total)
-
-
-@functools.lru_cache(maxsize=8)
-def _gradient(loss_fn: LossFn):
-  return jax.jit(jax.grad(loss_fn))
-
-
-def _round_batches(batches: Iterable[Any], batches_per_round: int, caller: str):
-  """A function giving the batches of each round.
-
-  A sequence is used whole in every round; an iterator gives
-  ``batches_per_round`` fresh batches per round.
-  """
-  if isinstance(batches, Sequence):
-    if len(batches) == 0:
-      raise ValueError(f"{caller}: batches is empty; give at least one batch")
-    return lambda: batches
-  iterator = iter(batches)
-
-  def fresh():
-    drawn = list(itertools.islice(iterator, batches_per_round))
-    if not drawn:
-      raise ValueError(
-          f"{caller}: the batch iterator ran out; it must give "
-          f"batches_per_round={batches_per_round} batches per round")
-    return drawn
-
-  return fresh
-
-
-def _check_scores(scores, plan, caller: str) -> None:
-  for path, score in zip(plan.paths, _pruning._prunable_leaves(scores, plan)):
-    bad = int(np.count_nonzero(~np.isfinite(np.asarray(score))))
-    if bad:
-      raise ValueError(
-          f"{caller}: the score of {_trees.path_string(path)} is NaN "
-          f"or inf for {bad} weights; the loss or its gradient is not finite "
-          "at these params and batches")
 
 
 def snip_it(
@@ -185,7 +149,7 @@ def snip_it(
       boolean.
   """
   rounds = schedules.geometric_rounds(
-      schedules._check_sparsity(sparsity, "sparsity"), steps)
+      _checks.check_sparsity(sparsity, "sparsity"), steps)
   return _prune_in_rounds("jaxprune.snip_it", sensitivity, loss_fn, params,
                           batches, rounds, batches_per_round, allocation,
                           prunable, masks)
@@ -221,7 +185,7 @@ def snip(
   Returns:
     The masks, as :func:`snip_it` returns them.
   """
-  rounds = (schedules._check_sparsity(sparsity, "sparsity"),)
+  rounds = (_checks.check_sparsity(sparsity, "sparsity"),)
   return _prune_in_rounds("jaxprune.snip", sensitivity, loss_fn, params,
                           batches, rounds, batches_per_round, allocation,
                           prunable, masks)
@@ -256,7 +220,7 @@ def gradient_flow(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
   batches = list(batches)
   if not batches:
     raise ValueError("gradient_flow needs at least one batch, got none")
-  grad = _gradient(loss_fn)
+  grad = _scoring.jitted_gradient(loss_fn)
   g = functools.reduce(
       lambda a, b: jax.tree.map(jnp.add, a, b),
       (grad(params, batch) for batch in batches))
@@ -302,7 +266,7 @@ def grasp(
     Wang, Zhang and Grosse, "Picking Winning Tickets Before Training by
     Preserving Gradient Flow", ICLR 2020, https://arxiv.org/abs/2002.07376
   """
-  rounds = (schedules._check_sparsity(sparsity, "sparsity"),)
+  rounds = (_checks.check_sparsity(sparsity, "sparsity"),)
   return _prune_in_rounds("jaxprune.grasp", gradient_flow, loss_fn, params,
                           batches, rounds, batches_per_round, allocation,
                           prunable, masks)
@@ -319,7 +283,7 @@ def _prune_in_rounds(caller, score_fn, loss_fn, params, batches, rounds,
         f"{caller}: batches_per_round must be a positive integer, got "
         f"{batches_per_round!r}")
   _allocation.check_allocation(allocation)
-  plan = _pruning._plan_with(
+  plan = _plans.make_plan(
       params, prunable, allocation,
       lambda shapes: [
           _allocation.kept_counts(s, shapes, allocation) for s in rounds
@@ -327,17 +291,17 @@ def _prune_in_rounds(caller, score_fn, loss_fn, params, batches, rounds,
       caller=caller,
   )
   _trees.check_differentiable(params, caller)
-  _pruning._check_finite(params, plan, caller)
-  round_batches = _round_batches(batches, batches_per_round, caller)
+  _plans.check_finite(params, plan, caller)
+  round_batches = _scoring.round_batches(batches, batches_per_round, caller)
   if masks is None:
-    masks = _pruning._all_kept(plan, params)
+    masks = _masks.all_kept(plan, params)
   else:
-    masks = _pruning._initial_masks(masks, params, plan, caller)
+    masks = _masks.checked_initial_masks(masks, params, plan, caller)
   select = jax.jit(functools.partial(
-      _pruning.selected_masks, plan=plan, allocation=allocation))
+      _masked.selected_masks, plan=plan, allocation=allocation))
   for level in range(len(rounds)):
     scores = score_fn(
-        loss_fn, _pruning.apply_masks(params, masks), round_batches())
-    _check_scores(scores, plan, caller)
+        loss_fn, _masks.apply_masks(params, masks), round_batches())
+    _scoring.check_scores(scores, plan, caller)
     masks, _ = select(scores, masks, kept=jnp.asarray(plan.kept[level]))
   return masks

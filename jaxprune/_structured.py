@@ -65,7 +65,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune import _allocation
-from jaxprune import _pruning
+from jaxprune import _checks
+from jaxprune import _masked
+from jaxprune import _plans
+from jaxprune import _scoring
 from jaxprune import _snip
 from jaxprune import _trees
 from jaxprune import schedules
@@ -124,7 +127,7 @@ def node_sensitivity(
     raise ValueError("node_sensitivity needs at least one batch, got none")
   grads = functools.reduce(
       lambda a, b: jax.tree.map(jnp.add, a, b),
-      (_snip._gradient(loss_fn)(params, batch) for batch in batches))
+      (_scoring.jitted_gradient(loss_fn)(params, batch) for batch in batches))
   scores = {}
   for name in _hidden(layers):
     kernel = params[name]["kernel"].astype(jnp.float32)
@@ -230,7 +233,7 @@ def snap_it(
   """
   norms = _check_layers(params, layers, norms, _CALLER)
   _trees.check_differentiable(params, _CALLER)
-  sparsity = schedules._check_sparsity(sparsity, "sparsity")
+  sparsity = _checks.check_sparsity(sparsity, "sparsity")
   rounds = schedules.geometric_rounds(sparsity, steps)
   if sparsity >= 1:
     raise ValueError(f"{_CALLER}: a node sparsity of 1 removes every unit; "
@@ -244,19 +247,19 @@ def snap_it(
         f"{total - round(sparsity * total)} of {total} hidden units, fewer "
         f"than the {len(hidden)} hidden layers, each of which keeps one")
   template = {name: jnp.zeros((n,), jnp.float32) for name, n in units.items()}
-  plan = _pruning._plan_with(
+  plan = _plans.make_plan(
       template, lambda path, leaf: True, "global",
       lambda shapes: [
           _allocation.kept_counts(s, shapes, "global") for s in rounds],
       caller=_CALLER)
-  round_batches = _snip._round_batches(batches, batches_per_round, _CALLER)
+  round_batches = _scoring.round_batches(batches, batches_per_round, _CALLER)
   select = jax.jit(functools.partial(
-      _pruning.selected_masks, plan=plan, allocation="global"))
+      _masked.selected_masks, plan=plan, allocation="global"))
   node_masks = {name: jnp.ones((n,), bool) for name, n in units.items()}
   for level in range(len(rounds)):
     masked = mask_nodes(params, node_masks, layers=layers, norms=norms)
     scores = node_sensitivity(loss_fn, masked, round_batches(), layers)
-    _snip._check_scores(scores, plan, _CALLER)
+    _scoring.check_scores(scores, plan, _CALLER)
     node_masks, _ = select(scores, node_masks,
                            kept=jnp.asarray(plan.kept[level]))
   return node_masks

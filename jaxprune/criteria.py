@@ -22,27 +22,66 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Criterion", "magnitude", "random", "saliency"]
+__all__ = ["Criterion", "PerWeightCriterion", "magnitude", "random", "saliency"]
 
 
 class Criterion(Protocol):
-  """The signature of a pruning criterion.
+  """The signature of a pruning criterion: ``(params, grads, key) -> scores``.
 
   A criterion whose score of each weight depends only on that weight and its
-  gradient may say so with a ``per_weight`` attribute, the function
-  ``(param, grad) -> score`` that it applies elementwise to every leaf (as
-  :func:`magnitude` and :func:`saliency` do).  The mask update then computes
-  the scores a slice at a time where it ranks them, instead of holding the
-  scores of all the weights at once; the masks are the same.
+  gradient can also be a :class:`PerWeightCriterion`.
   """
 
   def __call__(self, params: Any, grads: Any, key: jax.Array) -> Any:
     ...
+
+
+@runtime_checkable
+class PerWeightCriterion(Criterion, Protocol):
+  """A criterion that scores each weight from itself and its gradient alone.
+
+  Besides being a :class:`Criterion`, it has a ``per_weight`` attribute: the
+  function ``(param, grad) -> score`` that it applies elementwise to every
+  leaf (:func:`magnitude` and :func:`saliency` are such criteria).  The mask
+  update of :func:`jaxprune.prune` then computes the scores a slice at a
+  time where it ranks them, instead of holding the scores of all the
+  weights at once; the masks are the same.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxprune import criteria
+    >>> def squared(params, grads, key):
+    ...   return {k: jnp.square(v) for k, v in params.items()}
+    >>> squared.per_weight = lambda param, grad: jnp.square(param)
+    >>> isinstance(squared, criteria.PerWeightCriterion)
+    True
+    >>> isinstance(criteria.random, criteria.PerWeightCriterion)
+    False
+  """
+
+  per_weight: Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def per_weight_form(criterion: Criterion) -> Callable | None:
+  """``criterion.per_weight`` if it is a :class:`PerWeightCriterion`, else
+  None.
+
+  Raises:
+    TypeError: if its ``per_weight`` is not callable.
+  """
+  if not isinstance(criterion, PerWeightCriterion):
+    return None
+  if not callable(criterion.per_weight):
+    raise TypeError(
+        "criterion.per_weight must be a (param, grad) -> score function, got "
+        f"{criterion.per_weight!r}")
+  return criterion.per_weight
 
 
 def magnitude(params: Any, grads: Any, key: jax.Array) -> Any:

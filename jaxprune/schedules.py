@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxprune import _checks
+
 __all__ = [
     "Schedule",
     "constant",
@@ -66,7 +68,7 @@ class Schedule:
     """
     steps = tuple(_check_step(s, "Schedule step") for s in self.steps)
     sparsities = tuple(
-        _check_sparsity(s, "Schedule sparsity") for s in self.sparsities
+        _checks.check_sparsity(s, "Schedule sparsity") for s in self.sparsities
     )
     if len(steps) != len(sparsities):
       raise ValueError(
@@ -102,15 +104,6 @@ class Schedule:
     return jnp.where(level >= 0, table[jnp.maximum(level, 0)], 0.0)
 
 
-def _check_sparsity(value: float, name: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise TypeError(f"{name} must be a real number, got {value!r}")
-  value = float(value)
-  if not 0.0 <= value <= 1.0:  # also rejects NaN
-    raise ValueError(f"{name} must be in [0, 1], got {value}")
-  return value
-
-
 def _check_step(value: int, name: str) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(f"{name} must be an integer step, got {value!r}")
@@ -137,7 +130,7 @@ def piecewise(steps: Sequence[int], sparsities: Sequence[float]) -> Schedule:
       ``[0, 1]`` or decreasing (a pruned weight cannot come back).
   """
   steps = [_check_step(s, "step") for s in steps]
-  sparsities = [_check_sparsity(s, "sparsity") for s in sparsities]
+  sparsities = [_checks.check_sparsity(s, "sparsity") for s in sparsities]
   if len(steps) != len(sparsities):
     raise ValueError(
         f"got {len(steps)} steps but {len(sparsities)} sparsities"
@@ -160,13 +153,13 @@ def piecewise(steps: Sequence[int], sparsities: Sequence[float]) -> Schedule:
 
 def constant(sparsity: float) -> Schedule:
   """A fixed mask at ``sparsity``, chosen at the first step (step 0)."""
-  return piecewise([0], [_check_sparsity(sparsity, "sparsity")])
+  return piecewise([0], [_checks.check_sparsity(sparsity, "sparsity")])
 
 
 def one_shot(sparsity: float, at_step: int) -> Schedule:
   """Prunes once, to ``sparsity``, at ``at_step``."""
   return piecewise(
-      [_check_step(at_step, "at_step")], [_check_sparsity(sparsity, "sparsity")]
+      [_check_step(at_step, "at_step")], [_checks.check_sparsity(sparsity, "sparsity")]
   )
 
 
@@ -201,8 +194,8 @@ def polynomial(
     Zhu & Gupta, `To prune, or not to prune
     <https://arxiv.org/abs/1710.01878>`_, 2017.
   """
-  final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
-  initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
+  final_sparsity = _checks.check_sparsity(final_sparsity, "final_sparsity")
+  initial_sparsity = _checks.check_sparsity(initial_sparsity, "initial_sparsity")
   begin_step = _check_step(begin_step, "begin_step")
   end_step = _check_step(end_step, "end_step")
   if end_step <= begin_step:
@@ -250,7 +243,7 @@ def geometric_rounds(final_sparsity: float, steps: int = 5) -> tuple[float, ...]
   Returns:
     Strictly increasing sparsities ending with ``final_sparsity``.
   """
-  final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
+  final_sparsity = _checks.check_sparsity(final_sparsity, "final_sparsity")
   if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
     raise TypeError(f"steps must be an integer, got {steps!r}")
   if steps < 0:

@@ -113,3 +113,28 @@ def test_a_packed_state_survives_a_checkpoint(tmp_path):
 def test_packed_masks_must_be_a_bool():
   with pytest.raises(TypeError, match="packed_masks must be True or False"):
     jaxprune.prune(optax.sgd(0.1), packed_masks="yes")
+
+
+@pytest.mark.parametrize("noise", [0.0, 1.0])
+def test_flipout_with_packed_masks_prunes_exactly_as_with_boolean_masks(noise):
+  runs = [_train(jaxprune.flipout(optax.sgd(0.3, momentum=0.9), prune_every=2,
+                                  rate=0.4, noise=noise, packed_masks=packed),
+                 _params(), steps=9) for packed in (False, True)]
+  (plain_params, plain_state), (params, state) = runs
+  assert isinstance(state.masks["conv"], jaxprune.PackedMask)
+  assert not isinstance(plain_state.masks["conv"], jaxprune.PackedMask)
+  assert int(state.events) == 4
+  for got, want in zip(
+      jax.tree.leaves((jaxprune.masks_of(state), jaxprune.flip_counts(state),
+                       params)),
+      jax.tree.leaves((jaxprune.masks_of(plain_state),
+                       jaxprune.flip_counts(plain_state), plain_params))):
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # Four events of rate 0.4 from 444 weights: 444 -> 267 -> 161 -> 97 -> 59.
+  assert sum(int(m.sum()) for m in jax.tree.leaves(jaxprune.masks_of(state))) == 59
+
+
+def test_flipout_packed_masks_must_be_a_bool():
+  with pytest.raises(TypeError, match="packed_masks must be True or False"):
+    jaxprune.flipout(optax.sgd(0.1), prune_every=2, packed_masks=1)

@@ -36,6 +36,8 @@ MASKED = {
     "prune-fixed-masks": lambda inner, params: jaxprune.prune(
         inner, masks=every_fourth_kept(params)),
     "flipout": lambda inner, params: jaxprune.flipout(inner, prune_every=2),
+    "flipout-packed": lambda inner, params: jaxprune.flipout(
+        inner, prune_every=2, packed_masks=True),
     "flipout-noiseless-p1": lambda inner, params: jaxprune.flipout(
         inner, prune_every=2, rate=0.6, p=1.0, noise=0.0, final_sparsity=0.8),
     "project-l1": lambda inner, params: optax.chain(inner, jaxprune.project_l1(0.1)),
