@@ -321,10 +321,9 @@ def keep_top_k(
 
   With ``keep_best``, the best surviving element of every array (the first
   of its largest key, if above :data:`PRUNED_KEY`) is kept whatever its
-  rank, and the remaining places go by rank.  When every array already has
-  an element strictly above the threshold this is the plain selection, which
-  is what is computed first; only otherwise is the threshold searched again
-  with those elements forced (a rarer, slower path).
+  rank, and the remaining places go by rank: that element is given
+  :data:`FORCED_KEY` (its first histogram corrected for it), so the
+  threshold is searched once whether or not forcing changes the result.
 
   Args:
     keys: ``uint32`` arrays from :func:`ranking_keys` (any shapes), or
@@ -348,16 +347,7 @@ def keep_top_k(
     offsets.append(running[g])
     running[g] += key.size
   sources = _sources(keys, group_ids, offsets)
-  search = lambda forced: _cut(sources, len(keys), group_sizes, k, forced)
-  cut = search(None)
-  if keep_best:
-    # Every array keeps an element anyway if its largest key is above the
-    # threshold; an array with no survivor (largest key PRUNED_KEY) is fine.
-    group_of = jnp.asarray(group_ids, jnp.int32)
-    fine = jnp.all((cut.max_keys > cut.threshold[group_of])
-                   | (cut.max_keys == PRUNED_KEY))
-    cut = lax.cond(fine, lambda: cut,
-                   lambda: _forced_cut(keys, cut.max_keys, group_ids, search))
+  cut = _cut(sources, len(keys), group_sizes, k, keep_best)
   kept = []
   for j, key in enumerate(keys):
     g = group_ids[j]
@@ -386,22 +376,6 @@ def _lowest_index_of(keys: LazyKeys, keys_of: Callable[[_Part], jax.Array],
   return _fold(keys, lowest_in, never)
 
 
-def _forced_cut(keys, max_keys, group_ids, search) -> _Cut:
-  """The cut with every array's best surviving element forced: the first
-  element holding its largest key, unless that key is :data:`PRUNED_KEY`.
-  A forced element whose score was NaN is still counted as one."""
-  forced = []
-  for key, best in zip(keys, max_keys):
-    first = _lowest_index_of(key, lambda part: part.keys, best)
-    forced.append(jnp.where(best > PRUNED_KEY, first, -1))
-  cut = search(jnp.stack(forced))
-  was_nan = [jnp.zeros((), jnp.int32)] * cut.nan_counts.shape[0]
-  for g, best in zip(group_ids, max_keys):
-    was_nan[g] = was_nan[g] + (best == NAN_KEY).astype(jnp.int32)
-  return cut._replace(nan_counts=cut.nan_counts + jnp.stack(was_nan),
-                      max_keys=max_keys)
-
-
 def _with_forced(keys: jax.Array, index: jax.Array,
                  forced: jax.Array) -> jax.Array:
   """``keys`` with the element whose ``index`` is ``forced`` given
@@ -415,11 +389,12 @@ def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
   return _sharding.flat_index(x.shape, jnp.int32, offset, like=x)
 
 
-def _cut(sources, num_arrays, group_sizes, k, forced) -> _Cut:
-  """The plain top-k cut over the ``sources`` of ``num_arrays`` arrays,
-  with the elements ``forced`` (int32 per array, its flat index there, or
-  None for none) given :data:`FORCED_KEY`."""
+def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
+  """The top-k cut over the ``sources`` of ``num_arrays`` arrays; with
+  ``keep_best``, every array's first element holding its largest key (if
+  above :data:`PRUNED_KEY`) is given :data:`FORCED_KEY`."""
   num_groups = len(group_sizes)
+  forced = None  # int32 per array once the first pass has found them
 
   def keys_of(source: _Source, part: _Part) -> jax.Array:
     if forced is None:
@@ -436,26 +411,51 @@ def _cut(sources, num_arrays, group_sizes, k, forced) -> _Cut:
   # keys in t's high bin.
   high_histograms = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
   max_keys = [jnp.uint32(0)] * num_arrays
+  first_max = [jnp.int32(0)] * num_arrays  # the flat index of the first
   for source in sources:
 
     def high_pass(acc, part, source=source):
-      histogram, largest = acc
-      chunk = keys_of(source, part)
+      histogram, largest, first = acc
+      chunk = part.keys  # unforced: the forced elements are known after it
       if len(source.members) == 1:  # possibly in chunks
-        maxima = (jnp.max(chunk),)
+        flat = chunk.reshape(-1)
+        start = 0 if part.start is None else part.start
+        maxima, firsts = (jnp.max(flat),), (start + jnp.argmax(flat),)
       else:  # read whole: each member's maximum from its slice
-        maxima = tuple(jnp.max(chunk[start:start + size], initial=0)
-                       for _, start, size in source.members)
+        slices = [chunk[start:start + size] for _, start, size in source.members]
+        maxima = tuple(jnp.max(x, initial=0) for x in slices)
+        firsts = tuple(jnp.argmax(x).astype(jnp.int32) if x.size else
+                       jnp.int32(0) for x in slices)
+      # A later part holds the first maximum only if its maximum is larger.
+      first = tuple(jnp.where(m > l, i.astype(jnp.int32), f)
+                    for m, l, i, f in zip(maxima, largest, firsts, first))
       return (_add_counts(histogram, chunk >> _RADIX_BITS),
-              tuple(map(jnp.maximum, largest, maxima)))
+              tuple(map(jnp.maximum, largest, maxima)), first)
 
     g = source.group
-    high_histograms[g], largest = _fold(
+    members = len(source.members)
+    high_histograms[g], largest, first = _fold(
         source.keys, high_pass,
-        (high_histograms[g], (jnp.uint32(0),) * len(source.members)))
-    for (j, _, _), key_max in zip(source.members, largest):
-      max_keys[j] = key_max
+        (high_histograms[g], (jnp.uint32(0),) * members,
+         (jnp.int32(0),) * members))
+    for (j, _, _), key_max, index in zip(source.members, largest, first):
+      max_keys[j], first_max[j] = key_max, index
   high_histograms = jnp.stack(high_histograms)
+  nan_counts = high_histograms[:, NAN_KEY >> _RADIX_BITS]
+  if keep_best:
+    # Each array's best survivor moves from its key's bin to the top bin;
+    # one that was NaN is still counted as a NaN score.
+    survived = jnp.stack(max_keys) > PRUNED_KEY
+    forced = jnp.where(survived, jnp.stack(first_max), -1)
+    group_of = [0] * num_arrays
+    for source in sources:
+      for j, _, _ in source.members:
+        group_of[j] = source.group
+    group_of = jnp.asarray(group_of, jnp.int32)
+    moved = survived.astype(jnp.int32)
+    high_histograms = high_histograms.at[
+        group_of, jnp.stack(max_keys) >> _RADIX_BITS].add(-moved)
+    high_histograms = high_histograms.at[group_of, _RADIX_BINS - 1].add(moved)
   high, _, above_high = _highest_bin_reaching(
       high_histograms, jnp.zeros((num_groups,), jnp.int32), k)
   high = high.astype(jnp.uint32)
@@ -539,6 +539,6 @@ def _cut(sources, num_arrays, group_sizes, k, forced) -> _Cut:
       bound=bound,
       forced=(jnp.full((num_arrays,), -1, jnp.int32) if forced is None
               else forced),
-      nan_counts=high_histograms[:, NAN_KEY >> _RADIX_BITS],
+      nan_counts=nan_counts,
       max_keys=jnp.stack(max_keys),
   )
