@@ -27,10 +27,10 @@ from jaxprune._paths import Connectivity
 from jaxprune._paths import connectivity
 from jaxprune._packing import PackedMask
 from jaxprune._paths import synflow
+from jaxprune._balls import l11_ball_projection
+from jaxprune._balls import l1_ball_projection
+from jaxprune._balls import l21_ball_projection
 from jaxprune._projections import ProjectionState
-from jaxprune._projections import l11_ball_projection
-from jaxprune._projections import l1_ball_projection
-from jaxprune._projections import l21_ball_projection
 from jaxprune._projections import project_l1
 from jaxprune._projections import project_l11
 from jaxprune._projections import project_l21

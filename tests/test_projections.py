@@ -12,7 +12,7 @@ import pytest
 
 import jaxprune
 import stepping
-from jaxprune import _projections
+from jaxprune import _thresholds
 
 _PROJECTIONS = {  # by name: (x, radius, axis) -> projection
     "l1": lambda x, r, axis=-1: jaxprune.l1_ball_projection(x, r),
@@ -304,9 +304,9 @@ def _magnitudes(kind, n, seed):
   return np.abs(a).astype(np.float32)
 
 
-_SEARCHES = {"radix": _projections._radix_search,
-             "bisection": _projections._bisection}
-_threshold_by = jax.jit(_projections._refined_threshold, static_argnums=(0, 3))
+_SEARCHES = {"radix": _thresholds.radix_search,
+             "bisection": _thresholds.bisection}
+_threshold_by = jax.jit(_thresholds.refined_threshold, static_argnums=(0, 3))
 
 
 @pytest.mark.usefixtures("strict_dtypes")
@@ -336,9 +336,9 @@ def test_both_searches_find_the_same_support():
   keys = jax.lax.bitcast_convert_type(a, jnp.int32)
   fractions = jnp.asarray([0.0, 1e-4, 0.1, 0.5, 0.9], jnp.float32)
   radius = jnp.sum(a, axis=1, keepdims=True) * fractions[:, None]
-  radix = jax.jit(_projections._radix_search, static_argnums=(3, 4))(
+  radix = jax.jit(_thresholds.radix_search, static_argnums=(3, 4))(
       a, keys, radius, (1,), jnp.float32)
-  bisection = jax.jit(_projections._bisection, static_argnums=(3, 4))(
+  bisection = jax.jit(_thresholds.bisection, static_argnums=(3, 4))(
       a, keys, radius, (1,), jnp.float32)
   # The same support; its lowest key is within rounding of the threshold.
   np.testing.assert_array_equal(radix.count, bisection.count)
