@@ -229,7 +229,7 @@ def test_packed_masks_are_split_with_their_kernels():
   assert masks["u"].dtype == jnp.bool_  # packing it would gather it
 
 
-# Long enough for the radix search (jaxprune/_projections.py): the l1 leaf
+# Long enough for the radix search (jaxprune/_thresholds.py): the l1 leaf
 # in 16-bit digits, the 8192 group norms in 11-bit digits.
 _LONG_LEAVES = {
     "l1": (lambda x: jaxprune.l1_ball_projection(x, 30.0), (512, 256)),
