@@ -16,9 +16,10 @@ an all-reduce of it; on a single CPU device, one chunk of the keys at a time,
 so that the scratch does not grow with the weights).  When the threshold
 value is shared by more weights than there are places left (at 100M float32
 scores, a few weights share almost every value, so this is the common case
-there), the tied weights are kept from the lowest flat index: a few places
-are found by one pass per place that takes the next tied index (a minimum),
-many by the same two-pass radix search over the tied weights' indices.
+there), the tied weights are kept from the lowest flat index, found by the
+same two-pass radix search over the tied weights' indices.  Every pass after
+the first is a trip of one loop, so each source of keys is traced twice
+whatever the number of passes (compile time grows with the traced code).
 On a single device, consecutive small arrays of a group are read as one run
 (their keys laid end to end, at most one chunk), so that the compiled passes
 do not grow with the number of kernels.
@@ -36,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -92,11 +94,6 @@ _RADIX_BINS = 1 << _RADIX_BITS
 # reuse it, where a large one is mapped afresh, and page-faulted again, at
 # every execution (benchmarks/page_faults.py).
 _CHUNK = 1 << 18
-
-# Ties at the threshold with at most this many places left are broken by
-# successive minima rather than by the radix search (see _cut).
-_MAX_MINIMA = 4
-
 
 class LazyKeys(NamedTuple):
   """Ranking keys computed where each pass needs them: ``fn(*arrays)``.
@@ -360,22 +357,6 @@ def keep_top_k(
   return Selection(kept, cut.nan_counts)
 
 
-def _lowest_index_of(keys: LazyKeys, keys_of: Callable[[_Part], jax.Array],
-                     value: jax.Array, start: jax.Array | int = 0,
-                     offset: int = 0) -> jax.Array:
-  """The lowest index ``i >= start`` (``offset`` plus the flat position) of
-  an element whose key, ``keys_of(part)``, equals ``value``; int32's
-  maximum if there is none.  One pass over the keys."""
-  never = jnp.int32(jnp.iinfo(jnp.int32).max)
-
-  def lowest_in(acc, part):
-    index = part.index(offset)
-    found = (keys_of(part) == value) & (index >= start)
-    return jnp.minimum(acc, jnp.min(jnp.where(found, index, never)))
-
-  return _fold(keys, lowest_in, never)
-
-
 def _with_forced(keys: jax.Array, index: jax.Array,
                  forced: jax.Array) -> jax.Array:
   """``keys`` with the element whose ``index`` is ``forced`` given
@@ -473,67 +454,66 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
           per_group[g])
     return jnp.stack(per_group)
 
-  def low_bins(source, part):
-    return _low_bins(keys_of(source, part), high[source.group])
+  # The rest of the search is one pass per trip of a loop, traced once: trip
+  # 1 finds the threshold's low 16 bits among the keys in its high bin; if
+  # the ties at the threshold do not all fit, trips 2 and 3 find one past
+  # the flat index of the last tied element kept, 16 bits at a time, among
+  # the tied elements, from the lowest index (a digit is counted as
+  # 0xFFFF - digit, so that the highest-bin search finds the lowest).
+  class Search(NamedTuple):
+    trip: jax.Array  # int32, the next trip: 1, 2, 3, or 4 when done
+    threshold: jax.Array  # uint32 [groups]: high << 16 until trip 1 is done
+    above: jax.Array  # int32 [groups]: counted above the bins searched
+    wanted: jax.Array  # int32 [groups]: k, then the places left among ties
+    index_high: jax.Array  # int32 [groups], the bound's high 16 bits
+    bound: jax.Array  # int32 [groups]
 
-  low, at, above = _highest_bin_reaching(histograms(low_bins), above_high, k)
-  threshold = (high << _RADIX_BITS) | low.astype(jnp.uint32)
-  places_left = k - above  # in [0, at]
+  def bins(trip, search: Search, source: _Source, part: _Part) -> jax.Array:
+    g = source.group
+    keys = keys_of(source, part)
+    index = part.index(source.offset)
+    in_high_bin = _low_bins(keys, search.threshold[g] >> _RADIX_BITS)
+    tied = keys == search.threshold[g]
+    high_digit = index >> _RADIX_BITS
+    low_digit = index & (_RADIX_BINS - 1)
+    index_bins = jnp.where(
+        tied & ((trip == 2) | (high_digit == search.index_high[g])),
+        (_RADIX_BINS - 1) - jnp.where(trip == 2, high_digit, low_digit),
+        _RADIX_BINS)
+    return jnp.where(trip == 1, in_high_bin.astype(jnp.int32), index_bins)
 
-  def tie_bound():
-    """One past the flat index of the ``places_left``-th tied element (key
-    ``t``) of each group, 0 where no place is left: the same radix search
-    as the threshold's, over the tied elements' indices, from the lowest."""
+  def trip(search: Search) -> Search:
+    counts = histograms(functools.partial(bins, search.trip, search))
+    b, in_b, above_b = _highest_bin_reaching(counts, search.above,
+                                             search.wanted)
+    if_trip = lambda t, value, other: jnp.where(search.trip == t, value, other)
+    # Trip 1: the threshold, and how many places are left among its ties.
+    threshold = if_trip(1, search.threshold | b.astype(jnp.uint32),
+                        search.threshold)
+    places_left = search.wanted - above_b
+    all_fit = jnp.all(places_left == in_b)
+    # Trips 2 and 3: the digits of the last tied index kept.
+    digit = (_RADIX_BINS - 1) - b
+    last_kept = (search.index_high << _RADIX_BITS) | digit
+    bound = if_trip(1, sizes, if_trip(3, jnp.where(
+        search.wanted > 0, last_kept + 1, 0), search.bound))
+    next_trip = if_trip(1, jnp.where(all_fit, 4, 2), search.trip + 1)
+    return Search(
+        trip=next_trip,
+        threshold=threshold,
+        above=if_trip(2, above_b, jnp.zeros_like(above_b)),
+        wanted=if_trip(1, places_left, search.wanted),
+        index_high=if_trip(2, digit, search.index_high),
+        bound=bound,
+    )
 
-    def tied_index_bins(bins_of):
-      def bins(source, part):
-        g = source.group
-        tied = keys_of(source, part) == threshold[g]
-        return jnp.where(tied, bins_of(g, part.index(source.offset)), _RADIX_BINS)
-      return histograms(bins)
-
-    def lowest_bin_reaching(histograms, below):
-      # The highest-bin search over the bins in reverse order.
-      reversed_bin, _, below = _highest_bin_reaching(
-          histograms[:, ::-1], below, places_left)
-      return (_RADIX_BINS - 1) - reversed_bin, below
-
-    high, below = lowest_bin_reaching(
-        tied_index_bins(lambda g, index: index >> _RADIX_BITS),
-        jnp.zeros((num_groups,), jnp.int32))
-    low, _ = lowest_bin_reaching(
-        tied_index_bins(lambda g, index: _low_bins(index, high[g])), below)
-    index = (high << _RADIX_BITS) | low
-    return jnp.where(places_left > 0, index + 1, 0)
-
-  def tie_bound_by_minima():
-    """:func:`tie_bound` by successive minima: each trip finds every
-    group's next tied index, one pass over the weights per place left."""
-    def next_tied(bound):
-      lowest = [jnp.int32(jnp.iinfo(jnp.int32).max)] * num_groups
-      for source in sources:
-        g = source.group
-        lowest[g] = jnp.minimum(lowest[g], _lowest_index_of(
-            source.keys, lambda part, source=source: keys_of(source, part),
-            threshold[g], bound[g], source.offset))
-      return jnp.stack(lowest)
-
-    def trip(i, bound):
-      return jnp.where(i < places_left, next_tied(bound) + 1, bound)
-
-    return lax.fori_loop(0, jnp.max(places_left), trip,
-                         jnp.zeros((num_groups,), jnp.int32))
-
-  # A few places among a few ties is the common case with float32 scores (at
-  # 26M weights, two weights often share the threshold's value): a pass that
-  # takes a minimum costs about a third of a scatter-add pass, so up to
-  # _MAX_MINIMA places are found by minima, more by the radix search.
-  all_ties_fit = jnp.all(places_left == at)
   sizes = jnp.asarray(group_sizes, jnp.int32)
-  bound = lax.cond(
-      all_ties_fit, lambda: sizes,
-      lambda: lax.cond(jnp.max(places_left) <= _MAX_MINIMA,
-                       tie_bound_by_minima, tie_bound))
+  search = lax.while_loop(
+      lambda search: search.trip < 4, trip,
+      Search(trip=jnp.int32(1), threshold=high << _RADIX_BITS,
+             above=above_high, wanted=k,
+             index_high=jnp.zeros((num_groups,), jnp.int32), bound=sizes))
+  threshold, bound = search.threshold, search.bound
   return _Cut(
       threshold=threshold,
       bound=bound,

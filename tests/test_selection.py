@@ -272,12 +272,10 @@ def test_lazy_keys_match_computed_keys_and_need_one_shape():
 
 
 @pytest.mark.parametrize("chunk", [None, 4096])
-@pytest.mark.parametrize("places", [1, _selection._MAX_MINIMA,
-                                    _selection._MAX_MINIMA + 1])
-def test_few_places_among_ties_on_either_side_of_the_minima_limit(chunk, places):
-  # Up to _MAX_MINIMA places among the tied weights are found by successive
-  # minima, more by the radix search: both must keep the lowest indices, with
-  # the tied weights spread over two arrays and many chunks.
+@pytest.mark.parametrize("places", [1, 4, 5])
+def test_few_places_among_ties_keep_the_lowest_indices(chunk, places):
+  # A few places among the tied weights: the lowest indices must be kept,
+  # with the tied weights spread over two arrays and many chunks.
   rng = np.random.default_rng(3)
   scores = [np.round(rng.normal(size=(300, 100)), 2).astype(np.float32),
             np.round(rng.normal(size=(20000,)), 2).astype(np.float32)]
