@@ -20,7 +20,7 @@ CPU, several (simulated) devices, a GPU or a TPU host.
 
 Several processes (``jax.distributed``, e.g. the hosts of a TPU pod slice)
 run one job: each one builds the same global batch, a pure function of the
-step, and feeds only its part of it (``data.process_part``), so that the
+step, and feeds only its part of it (``batching.process_part``), so that the
 devices see the batches of a one-process run.  Evaluation is split the same
 way.  Every process takes part in the checkpoints (Orbax writes each
 replicated array once; the work directory must be one folder that all
@@ -51,6 +51,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxprune
+from experiments import batching
 from experiments import data
 from experiments import files
 from experiments import methods
@@ -101,7 +102,7 @@ def _init_batches(config: Config, train_split):
   """The batches of a before-training method: a stream of its own (seed + 1),
   so that training sees the same batches whatever the method."""
   for i in itertools.count():
-    yield data.train_batch(train_split, config.init_batch_size,
+    yield batching.train_batch(train_split, config.init_batch_size,
                            config.seed + 1, i)
 
 
@@ -272,8 +273,8 @@ def evaluate(eval_step, state, split, config: Config, mesh) -> tuple[float, floa
   global, so every process gets the numbers of a one-process run.
   """
   loss_sum, correct = 0.0, 0.0
-  for batch in data.eval_batches(split, config.eval_batch_size):
-    l, c = eval_step(state, data.shard(data.process_part(batch, mesh), mesh))
+  for batch in batching.eval_batches(split, config.eval_batch_size):
+    l, c = eval_step(state, batching.shard(batching.process_part(batch, mesh), mesh))
     loss_sum += float(l)
     correct += float(c)
   n = len(split.labels)
@@ -499,7 +500,7 @@ def _initial_state(config: Config, train_split=None) -> TrainState:
   shape = data.IMAGE_SHAPES[config.dataset]
   state = create_state(config, model, np.zeros((1, *shape), np.float32),
                        train_split)
-  mesh = data.data_mesh()
+  mesh = batching.data_mesh()
   return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
 
@@ -525,7 +526,7 @@ def train_and_evaluate(
   started = time.perf_counter()
   chief = jax.process_index() == 0  # writes the metrics, summary and plots
   train_split, test_split = _load_splits(config)
-  mesh = data.data_mesh()
+  mesh = batching.data_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   manager = _checkpoint_manager(workdir)
   resuming = resume and manager.latest_step() is not None
@@ -564,8 +565,8 @@ def train_and_evaluate(
         log.flush()
 
     for step in range(first, config.steps):
-      batch = data.train_batch(train_split, config.batch_size, config.seed, step)
-      batch = data.shard(data.process_part(batch, mesh), mesh)
+      batch = batching.train_batch(train_split, config.batch_size, config.seed, step)
+      batch = batching.shard(batching.process_part(batch, mesh), mesh)
       state, metrics = train_step(state, batch)
       done = step + 1
       if done % config.log_every == 0 or done == config.steps:
