@@ -30,12 +30,12 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from experiments import checkpoints
 from experiments import config as config_lib
 from experiments import data
 from experiments import files
 from experiments import models
 from experiments import sweep
-from experiments import train
 from experiments.config import Config
 
 _EPOCH = 60000 // 128
@@ -114,8 +114,8 @@ def _timed_speedup(config: Config, root: pathlib.Path, dense_config: Config,
     saved = json.loads(path.read_text())
     if saved["runs"] == runs:
       return saved["timing"]
-  dense = (dense_config, train.load_checkpoint(dense_config, root / dense_config.name))
-  small = (config, train.load_checkpoint(config, root / config.name))
+  dense = (dense_config, checkpoints.load_checkpoint(dense_config, root / dense_config.name))
+  small = (config, checkpoints.load_checkpoint(config, root / config.name))
   timing = {**inference_speedup(dense, small, images),
             "timed_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
   path.write_text(json.dumps({"runs": runs, "timing": timing}, indent=2) + "\n")
