@@ -207,7 +207,7 @@ def load_checkpoint(config: Config, workdir: str | pathlib.Path,
       raise FileNotFoundError(f"no checkpoint of step {step} in "
                               f"{workdir / 'checkpoints'} (steps: {list(steps)})")
     split = None
-    if config.method in methods.STRUCTURED:  # the shapes depend on the data
+    if methods.get(config.method).shrinks:  # the shapes depend on the data
       split = data.load(config.dataset, "train", source_dir=config.source_dir,
                         tfds_dir=config.tfds_dir)
     return restore(manager, step, initial_state(config, split))

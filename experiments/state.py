@@ -34,8 +34,8 @@ class TrainState(jaxprune.TrainState):
 
 
 def optimizer(config: Config, masks=None) -> optax.GradientTransformation:
-  """The plain optimizer of ``config``, wrapped by its method (which keeps
-  ``masks``, if it prunes before training)."""
+  """The plain optimizer of ``config``, wrapped by its method's
+  transformation (which keeps ``masks``, if it prunes before training)."""
   if config.lr_schedule == "constant":
     lr = config.learning_rate
   elif config.lr_schedule == "cosine":
@@ -49,11 +49,6 @@ def optimizer(config: Config, masks=None) -> optax.GradientTransformation:
     raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
   if config.optimizer == "adam":
     inner = optax.adam(lr)
-    if config.gate_learning_rate and config.method in methods.GATED_METHODS:
-      inner = optax.partition(
-          {"weights": inner, "gates": optax.adam(config.gate_learning_rate)},
-          jaxprune.gate_labels,
-      )
   elif config.optimizer == "adamw":
     inner = optax.adamw(lr, weight_decay=config.weight_decay)
   elif config.optimizer == "sgd":
@@ -78,26 +73,24 @@ def create_state(config: Config, model, sample: np.ndarray,
                  train_split=None) -> TrainState:
   """The initial train state, a pure function of the config's seed.
 
-  A before-training method prunes here, on ``train_split``; without it
-  (a template to restore a checkpoint into) its masks keep everything.
+  A method that prunes at initialisation (``Method.prune_at_init``) prunes
+  here, on ``train_split``; without it (a template to restore a checkpoint
+  into) its masks keep everything, and a method that shrinks the network
+  cannot make one.
   """
   # One compiled program: eagerly, each initializer compiles on its own.
   init = jax.jit(functools.partial(model.init, train=False))
   variables = init(jax.random.key(config.seed), sample)
+  method = methods.get(config.method)
   params, masks = variables["params"], None
-  if config.method in methods.BEFORE_TRAINING and train_split is not None:
-    masks = methods.initial_masks(config, model, variables,
-                                  _init_batches(config, train_split))
-    params = jaxprune.apply_masks(params, masks)
-  if config.method in methods.STRUCTURED:
-    if train_split is None:
-      raise ValueError(f"{config.method} needs the training split to prune")
-    widths, params = methods.shrunk_network(
+  if method.prune_at_init and train_split is not None:
+    model, params, masks = method.prune_at_init(
         config, model, variables, _init_batches(config, train_split))
-    model = models.get_model(config.model, num_classes=10, widths=widths)
+  elif method.shrinks:
+    raise ValueError(f"{config.method} needs the training split to prune")
   return TrainState.create(
       apply_fn=model.apply,
-      params=methods.init_params(config, params),
+      params=method.init_params(config, params),
       tx=optimizer(config, masks),
       batch_stats=variables.get("batch_stats", {}),
   )

@@ -77,10 +77,13 @@ def _loss_and_accuracy(logits, labels, mask=None):
   return (losses * mask).sum(), (correct * mask).sum()
 
 
-def _train_step(state: TrainState, batch, config: Config):
+def _train_step(state: TrainState, batch, model_params):
+  """One step; ``model_params(params, step)`` are the params the model is
+  applied with (the method's ``model_params``)."""
+
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": methods.model_params(config, params, state.step),
+        {"params": model_params(params, state.step),
          "batch_stats": state.batch_stats},
         batch["image"], train=True, mutable=["batch_stats"],
     )
@@ -94,9 +97,9 @@ def _train_step(state: TrainState, batch, config: Config):
   return state, {"loss": loss, "accuracy": accuracy}
 
 
-def _eval_step(state: TrainState, batch, config: Config):
+def _eval_step(state: TrainState, batch, model_params):
   logits = state.apply_fn(
-      {"params": methods.model_params(config, state.params),
+      {"params": model_params(state.params),
        "batch_stats": state.batch_stats},
       batch["image"], train=False,
   )
@@ -188,7 +191,8 @@ def train_and_evaluate(
   replicated = NamedSharding(mesh, PartitionSpec())
   manager = checkpoints.checkpoint_manager(workdir)
   resuming = resume and manager.latest_step() is not None
-  needs_data = not resuming or config.method in methods.STRUCTURED
+  method = methods.get(config.method)
+  needs_data = not resuming or method.shrinks
   state = initial_state(config, train_split if needs_data else None)
 
   metrics_path = workdir / "metrics.jsonl"
@@ -207,9 +211,10 @@ def train_and_evaluate(
       for step in steps:
         manager.delete(step)
 
-  train_step = jax.jit(functools.partial(_train_step, config=config),
+  model_params = functools.partial(method.model_params, config)
+  train_step = jax.jit(functools.partial(_train_step, model_params=model_params),
                        donate_argnums=0, out_shardings=(replicated, replicated))
-  eval_step = jax.jit(functools.partial(_eval_step, config=config))
+  eval_step = jax.jit(functools.partial(_eval_step, model_params=model_params))
   first = int(state.step)
   bar = tqdm.tqdm(total=config.steps, initial=first,
                   disable=not (progress and chief), desc=config.name,
@@ -231,7 +236,7 @@ def train_and_evaluate(
         sparsity = float(reports.sparsity_report(state).global_sparsity)
         record = {"kind": "train", "step": done, "loss": float(metrics["loss"]),
                   "accuracy": float(metrics["accuracy"]), "sparsity": sparsity,
-                  **reports.gate_metrics(state)}
+                  **method.train_metrics(state)}
         write(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}",
                         acc=f"{record['accuracy']:.3f}", sparsity=f"{sparsity:.3f}")
@@ -257,23 +262,19 @@ def train_and_evaluate(
     final = {"step": config.steps, "test_loss": test_loss, "test_accuracy": test_accuracy}
   best_accuracy = max([r["test_accuracy"] for r in evals] + [final["test_accuracy"]])
   report = reports.sparsity_report(state)
-  model_params = methods.model_params(config, state.params)
+  params = model_params(state.params)
   summary = {
       "final_test_accuracy": final["test_accuracy"],
       "final_test_loss": final["test_loss"],
       "best_test_accuracy": best_accuracy,
       "global_sparsity": float(report.global_sparsity),
       "per_layer_sparsity": reports.per_layer_sparsity(report),
-      "params": models.count_params(model_params),
-      "nonzero_params": int(sum(int(jnp.sum(p != 0)) for p in jax.tree.leaves(model_params))),
+      "params": models.count_params(params),
+      "nonzero_params": int(sum(int(jnp.sum(p != 0)) for p in jax.tree.leaves(params))),
       "steps": config.steps,
       "wall_time_s": time.perf_counter() - started,
       "devices": jax.device_count(),
-      **({"l0": l0} if (l0 := reports.structure_report(state, model_params)) else {}),
-      **({"connectivity": c} if (c := reports.connectivity_report(
-          state, data.IMAGE_SHAPES[config.dataset])) else {}),
-      **({"widths": reports.widths(state.params)}
-         if config.method in methods.STRUCTURED else {}),
+      **method.summary(state, config),
       "config": to_dict(config),
   }
   if chief:

@@ -36,7 +36,7 @@ def test_speedup_is_timed_once_and_reused_until_a_run_changes(
   monkeypatch.setattr(structured, "inference_speedup", fake_speedup)
 
   def record(retime=False):
-    return structured._record(small, tmp_path, dense, None, retime)
+    return structured.run_record(small, tmp_path, dense, None, retime)
 
   first = record()
   assert timed == [(f"state of {dense.name}", f"state of {small.name}")]
