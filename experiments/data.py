@@ -23,10 +23,9 @@ later calls reuse the prepared files)::
   train.images.shape, train.labels.dtype   # (60000, 28, 28, 1), int32
   batch = batching.train_batch(train, batch_size=128, seed=0, step=1000)
 
-Environment variables:
-  JAXPRUNE_DATA_DIR: the source directory when ``source_dir`` is not given.
-  JAXPRUNE_TFDS_DIR: the writable tfds data directory when ``tfds_dir`` is not
-    given; else ``~/tensorflow_datasets``.
+Without ``source_dir`` and ``tfds_dir``, the environment variables
+``JAXPRUNE_DATA_DIR`` and ``JAXPRUNE_TFDS_DIR`` give them (see
+:mod:`experiments.tfds_builders`).
 """
 
 from __future__ import annotations

@@ -3,17 +3,22 @@
 Writes into the work directory:
 
 - ``metrics.jsonl``: one JSON line per logged training step
-  (``{"kind": "train", "step", "loss", "accuracy", "sparsity"}``) and per
-  evaluation (``{"kind": "eval", "step", "test_loss", "test_accuracy",
-  "sparsity"}``);
+  (``{"kind": "train", "step", "loss", "accuracy", "sparsity"}`` and the
+  method's ``train_metrics``) and per evaluation (``{"kind": "eval", "step",
+  "test_loss", "test_accuracy", "sparsity"}``);
 - ``summary.json``: final and best test accuracy, sparsity (global and per
-  layer), steps, wall time and the config;
+  layer), steps, wall time, the method's ``report`` and the config;
 - ``training.png`` and ``layer_sparsity.png`` (see ``experiments.plots``);
 - ``checkpoints/``: Orbax checkpoints of the whole train state, each with
   the sha256 of every array, checked when it is restored; ``bad_checkpoints/``:
   those that a resumed run found corrupt and set aside (see
   :mod:`experiments.checkpoints`, whose :func:`load_checkpoint` and
   :class:`CheckpointError` are re-exported here).
+
+What the run's method changes (its transformation, its pruning at
+initialisation, the params the model is applied with, its reports) comes
+from its record in :data:`experiments.methods.METHODS`; the initial state is
+:func:`experiments.state.initial_state`.
 
 Data parallel: the batch is split over all devices along a 1-D mesh axis
 ``"data"`` and the train state is replicated, so the same code runs on one
