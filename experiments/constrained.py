@@ -33,6 +33,7 @@ import sys
 
 import numpy as np
 
+from experiments import methods
 from experiments import sweep
 from experiments.config import Config
 
@@ -84,11 +85,12 @@ def cells(only: str | None, seeds) -> list[Config]:
 
 def _record(config: Config, summary: dict) -> dict:
   l0 = summary["l0"]
+  fields = methods.get(config.method).fields  # a constraint or a penalty
   return {
       "model": config.model, "method": config.method,
-      "scope": config.density_scope if config.method == "l0_constrained" else None,
-      "target": config.density_target if config.method == "l0_constrained" else None,
-      "penalty": config.penalty if config.method == "l0_penalty" else None,
+      "scope": config.density_scope if "density_scope" in fields else None,
+      "target": config.density_target if "density_target" in fields else None,
+      "penalty": config.penalty if "penalty" in fields else None,
       "seed": config.seed, "epochs": config.steps / _EPOCH,
       "expected_density": l0["expected_density"],
       "expected_density_per_layer": l0["expected_density_per_layer"],

@@ -23,9 +23,9 @@ import sys
 import jax
 import numpy as np
 
+from experiments import checkpoints
 from experiments import config as config_lib
 from experiments import sweep
-from experiments import train
 from experiments.config import Config
 
 _EPOCH = 60000 // 128
@@ -66,7 +66,7 @@ def zero_fractions(params) -> dict:
 
 def _record(config: Config, workdir: pathlib.Path) -> dict:
   summary = json.loads((workdir / "summary.json").read_text())
-  state = train.load_checkpoint(config, workdir)
+  state = checkpoints.load_checkpoint(config, workdir)
   return {
       "method": config.method, "radius": config.radius, "seed": config.seed,
       "test_accuracy": summary["final_test_accuracy"],

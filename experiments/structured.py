@@ -30,12 +30,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from experiments import checkpoints
 from experiments import config as config_lib
 from experiments import data
 from experiments import files
+from experiments import methods
 from experiments import models
+from experiments import reports
 from experiments import sweep
-from experiments import train
 from experiments.config import Config
 
 _EPOCH = 60000 // 128
@@ -72,10 +74,10 @@ def cells(model_names, seeds) -> list[Config]:
 
 
 def _forward(config: Config, state):
-  model = models.get_model(
-      config.model, widths=None if config.method == "dense" else tuple(
-          int(np.shape(layer["kernel"])[-1])
-          for _, layer in sorted(state.params.items())[:-1]))
+  widths = None
+  if methods.get(config.method).shrinks:  # the hidden widths of its params
+    widths = tuple(reports.widths(state.params).values())[:-1]
+  model = models.get_model(config.model, widths=widths)
   return jax.jit(lambda params, x: model.apply({"params": params}, x))
 
 
@@ -114,16 +116,18 @@ def _timed_speedup(config: Config, root: pathlib.Path, dense_config: Config,
     saved = json.loads(path.read_text())
     if saved["runs"] == runs:
       return saved["timing"]
-  dense = (dense_config, train.load_checkpoint(dense_config, root / dense_config.name))
-  small = (config, train.load_checkpoint(config, root / config.name))
+  dense = (dense_config, checkpoints.load_checkpoint(dense_config, root / dense_config.name))
+  small = (config, checkpoints.load_checkpoint(config, root / config.name))
   timing = {**inference_speedup(dense, small, images),
             "timed_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
   path.write_text(json.dumps({"runs": runs, "timing": timing}, indent=2) + "\n")
   return timing
 
 
-def _record(config: Config, root: pathlib.Path, dense_config: Config,
-            images: np.ndarray, retime: bool = False) -> dict:
+def run_record(config: Config, root: pathlib.Path, dense_config: Config,
+               images: np.ndarray, retime: bool = False) -> dict:
+  """The record of the finished run ``config`` in ``root``, with its
+  speed-up over ``dense_config`` if its network was shrunk."""
   summary = json.loads((root / config.name / "summary.json").read_text())
   record = {
       "model": config.model, "dataset": config.dataset, "method": config.method,
@@ -131,7 +135,7 @@ def _record(config: Config, root: pathlib.Path, dense_config: Config,
       "accuracy": summary["final_test_accuracy"], "params": summary["params"],
       "widths": summary.get("widths"), "wall_time_s": summary["wall_time_s"],
   }
-  if config.method != "dense":
+  if methods.get(config.method).shrinks:
     record.update(_timed_speedup(config, root, dense_config, images, retime))
   return record
 
@@ -244,10 +248,10 @@ def main(argv=None) -> int:
     if not (root / c.name / "summary.json").exists():
       continue
     dense = next(d for d in configs if d.model == c.model and d.seed == c.seed
-                 and d.method == "dense")
+                 and not methods.get(d.method).shrinks)  # the full-size run
     test = data.load(c.dataset, "test", source_dir=c.source_dir, tfds_dir=c.tfds_dir)
     images = data.normalise(test.images[:1000], test.name)
-    records.append(_record(c, root, dense, images, args.retime))
+    records.append(run_record(c, root, dense, images, args.retime))
   out = pathlib.Path(args.out)
   command = "python -m experiments.structured " + " ".join(
       sys.argv[1:] if argv is None else argv)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import checkpoints
 from experiments import config as config_lib
 from experiments import train
 
@@ -97,7 +98,7 @@ def test_one_then_eight_then_one_device_ends_where_one_device_ends(
   eight = train.load_checkpoint(config, cut)
   assert int(eight.step) == 8
   saved = json.loads((cut / "checkpoints" / "8" / "digest" / "metadata").read_text())
-  restored = train._digest(eight)
+  restored = checkpoints.digest(eight)
   assert restored == saved
   for field in fields:
     assert any(field in key for key in restored), field

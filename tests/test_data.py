@@ -1,4 +1,5 @@
-"""Tests of experiments/data.py: the tfds builders, loading, batches, sharding.
+"""Tests of the experiments' data (data.py, idx.py, tfds_builders.py, batching.py):
+the tfds builders, loading, batches, sharding.
 
 The real files are the shared IDX files (``<checkout>/../shared/data``);
 MNIST is prepared once per session in a temporary tfds directory.
@@ -22,7 +23,9 @@ import pytest
 import tensorflow_datasets as tfds
 from hypothesis import strategies as st
 
+from experiments import batching
 from experiments import data
+from experiments import idx
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -135,7 +138,7 @@ def test_fetch_downloads_from_canonical_urls_and_verifies(tmp_path):
       return {file: self.folder / file for file in urls}
 
   dl = FakeDownloads(SOURCE / "mnist")
-  paths = data._fetch("mnist", None, dl)  # pylint: disable=protected-access
+  paths = idx.fetch("mnist", None, dl)
   assert dl.urls == {
       f: "https://storage.googleapis.com/cvdf-datasets/mnist/" + f
       for f in data.SHA256["mnist"]
@@ -144,7 +147,7 @@ def test_fetch_downloads_from_canonical_urls_and_verifies(tmp_path):
   # An empty source folder also downloads; a wrong download is caught.
   (tmp_path / "fashion_mnist").mkdir()
   with pytest.raises(data.ChecksumError, match="3aede38d6186"):
-    data._fetch("fashion_mnist", tmp_path, dl)  # pylint: disable=protected-access
+    idx.fetch("fashion_mnist", tmp_path, dl)
   assert dl.urls["t10k-images-idx3-ubyte.gz"] == (
       "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
       "t10k-images-idx3-ubyte.gz"
@@ -368,7 +371,7 @@ def test_mnist_normalised_has_zero_mean_unit_std(mnist_train):
 
 
 def test_train_batch_on_mnist(mnist_train):
-  batch = data.train_batch(mnist_train, 128, seed=0, step=1000)
+  batch = batching.train_batch(mnist_train, 128, seed=0, step=1000)
   assert batch["image"].shape == (128, 28, 28, 1)
   assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
 
@@ -382,10 +385,10 @@ def test_train_batch_on_mnist(mnist_train):
 def test_each_epoch_is_a_permutation(n, draw, seed, epoch):
   batch_size = draw.draw(st.integers(1, n), label="batch_size")
   split = synthetic(n)
-  per_epoch = data.steps_per_epoch(split, batch_size)
+  per_epoch = batching.steps_per_epoch(split, batch_size)
   assert per_epoch == n // batch_size
   seen = np.concatenate([
-      data.train_batch(split, batch_size, seed, epoch * per_epoch + i)["label"]
+      batching.train_batch(split, batch_size, seed, epoch * per_epoch + i)["label"]
       for i in range(per_epoch)
   ])
   order = np.random.default_rng([seed, epoch]).permutation(n)
@@ -395,14 +398,14 @@ def test_each_epoch_is_a_permutation(n, draw, seed, epoch):
 
 def test_train_batch_is_a_pure_function_of_seed_and_step():
   split = synthetic(103)
-  later = data.train_batch(split, 10, seed=3, step=57)
-  early = data.train_batch(split, 10, seed=3, step=2)
+  later = batching.train_batch(split, 10, seed=3, step=57)
+  early = batching.train_batch(split, 10, seed=3, step=2)
   for key in ("image", "label"):  # same answer whatever ran before
-    np.testing.assert_array_equal(data.train_batch(split, 10, 3, 57)[key], later[key])
-    np.testing.assert_array_equal(data.train_batch(split, 10, 3, 2)[key], early[key])
-  other_seed = data.train_batch(split, 10, seed=4, step=57)
+    np.testing.assert_array_equal(batching.train_batch(split, 10, 3, 57)[key], later[key])
+    np.testing.assert_array_equal(batching.train_batch(split, 10, 3, 2)[key], early[key])
+  other_seed = batching.train_batch(split, 10, seed=4, step=57)
   assert not np.array_equal(other_seed["label"], later["label"])
-  next_epoch = data.train_batch(split, 10, seed=3, step=67)  # 10 steps/epoch
+  next_epoch = batching.train_batch(split, 10, seed=3, step=67)  # 10 steps/epoch
   assert not np.array_equal(next_epoch["label"], later["label"])
   np.testing.assert_array_equal(
       later["image"], data.normalise(split.images[later["label"]], "mnist")
@@ -413,17 +416,17 @@ def test_train_batch_is_a_pure_function_of_seed_and_step():
 def test_train_batch_rejects_bad_arguments():
   split = synthetic(10)
   with pytest.raises(ValueError, match=r"batch_size must be in \[1, 10\]"):
-    data.train_batch(split, 11, 0, 0)
+    batching.train_batch(split, 11, 0, 0)
   with pytest.raises(ValueError, match="step must be >= 0"):
-    data.train_batch(split, 2, 0, -1)
+    batching.train_batch(split, 2, 0, -1)
   with pytest.raises(TypeError, match="seed must be an integer"):
-    data.train_batch(split, 2, 0.5, 0)
+    batching.train_batch(split, 2, 0.5, 0)
 
 
 @pytest.mark.parametrize("n, batch_size", [(103, 10), (100, 10), (3, 8)])
 def test_eval_batches_cover_each_example_once(n, batch_size):
   split = synthetic(n)
-  batches = list(data.eval_batches(split, batch_size))
+  batches = list(batching.eval_batches(split, batch_size))
   assert len(batches) == -(-n // batch_size)
   for batch in batches:
     assert batch["image"].shape == (batch_size, 2, 2, 1)
@@ -442,10 +445,10 @@ def test_eval_batches_cover_each_example_once(n, batch_size):
 
 
 def test_shard_on_one_device():
-  mesh = data.data_mesh()
+  mesh = batching.data_mesh()
   assert mesh.axis_names == ("data",) and mesh.devices.size == jax.device_count()
-  batch = data.train_batch(synthetic(16), 8, seed=0, step=0)
-  sharded = data.shard(batch, mesh)
+  batch = batching.train_batch(synthetic(16), 8, seed=0, step=0)
+  sharded = batching.shard(batch, mesh)
   for key, value in sharded.items():
     assert isinstance(value, jax.Array)
     assert value.sharding == jax.sharding.NamedSharding(
@@ -453,28 +456,28 @@ def test_shard_on_one_device():
     )
     np.testing.assert_array_equal(np.asarray(value), batch[key])
   with pytest.raises(ValueError, match="leading"):
-    data.shard({"x": np.float32(1.0)}, mesh)
+    batching.shard({"x": np.float32(1.0)}, mesh)
 
 
 
 def test_process_part_of_one_process_is_the_whole_batch():
   # Several processes: tests/test_distributed.py.
-  mesh = data.data_mesh()
-  batch = data.train_batch(synthetic(16), 8, seed=0, step=0)
-  part = data.process_part(batch, mesh)
+  mesh = batching.data_mesh()
+  batch = batching.train_batch(synthetic(16), 8, seed=0, step=0)
+  part = batching.process_part(batch, mesh)
   assert part.keys() == batch.keys()
   for key in batch:
     np.testing.assert_array_equal(part[key], batch[key])
   with pytest.raises(ValueError, match="one common leading"):
-    data.process_part({"x": np.zeros(4), "y": np.zeros(2)}, mesh)
+    batching.process_part({"x": np.zeros(4), "y": np.zeros(2)}, mesh)
   with pytest.raises(ValueError, match="one common leading"):
-    data.process_part({"x": np.float32(1.0)}, mesh)
+    batching.process_part({"x": np.float32(1.0)}, mesh)
   with pytest.raises(ValueError, match="1-D mesh"):
-    data.process_part(batch, jax.make_mesh((1,), ("batch",)))
+    batching.process_part(batch, jax.make_mesh((1,), ("batch",)))
 
 TWO_DEVICES = textwrap.dedent("""
     import jax, numpy as np
-    from experiments import data
+    from experiments import batching
 
     def assert_raises(fn, arg, text):
       try:
@@ -485,10 +488,10 @@ TWO_DEVICES = textwrap.dedent("""
         raise AssertionError(f"no error for 3 examples on 2 devices ({text})")
 
     assert jax.device_count() == 2, jax.devices()
-    mesh = data.data_mesh()
+    mesh = batching.data_mesh()
     batch = {"image": np.arange(4 * 3, dtype=np.float32).reshape(4, 3),
              "label": np.arange(4, dtype=np.int32)}
-    out = data.shard(batch, mesh)
+    out = batching.shard(batch, mesh)
     for key, value in out.items():
       assert value.sharding.spec == jax.sharding.PartitionSpec("data"), value.sharding
       shards = sorted(value.addressable_shards, key=lambda s: s.index[0].start)
@@ -497,11 +500,11 @@ TWO_DEVICES = textwrap.dedent("""
       for s in shards:
         np.testing.assert_array_equal(np.asarray(s.data), batch[key][s.index])
       np.testing.assert_array_equal(np.asarray(value), batch[key])
-    assert_raises(data.shard, {"label": np.arange(3)},
+    assert_raises(batching.shard, {"label": np.arange(3)},
                   "divisible by the 2 devices")
-    part = data.process_part(batch, mesh)  # one process: all of it
+    part = batching.process_part(batch, mesh)  # one process: all of it
     np.testing.assert_array_equal(part["label"], batch["label"])
-    assert_raises(data.process_part, {"label": np.arange(3)},
+    assert_raises(batching.process_part, {"label": np.arange(3)},
                   "does not split over the 2 devices")
     print("ok")
 """)

@@ -13,6 +13,7 @@ import pytest
 
 import fault_trials
 from experiments import config as config_lib
+from experiments import state as state_lib
 from experiments import train
 
 pytestmark = [
@@ -172,7 +173,7 @@ def test_load_checkpoint_names_the_steps_there_are(data_dirs, reference):
 def test_a_checkpoint_without_digest_restores_unchecked(data_dirs, tmp_path):
   """Checkpoints written before the digests: the state alone, item 'default'."""
   config = _config(data_dirs)
-  state = train._initial_state(config)
+  state = state_lib.initial_state(config)
   with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
     manager.save(0, args=ocp.args.StandardSave(state))
   _assert_same(train.load_checkpoint(config, tmp_path), state)

@@ -31,12 +31,12 @@ def test_speedup_is_timed_once_and_reused_until_a_run_changes(
     timed.append((dense_run[1], small_run[1]))
     return {"dense_median_s": 2.0, "small_median_s": 0.5, "speedup": 4.0}
 
-  monkeypatch.setattr(structured.train, "load_checkpoint",
+  monkeypatch.setattr(structured.checkpoints, "load_checkpoint",
                       lambda config, workdir: f"state of {workdir.name}")
   monkeypatch.setattr(structured, "inference_speedup", fake_speedup)
 
   def record(retime=False):
-    return structured._record(small, tmp_path, dense, None, retime)
+    return structured.run_record(small, tmp_path, dense, None, retime)
 
   first = record()
   assert timed == [(f"state of {dense.name}", f"state of {small.name}")]
@@ -95,7 +95,7 @@ def test_keep_earlier_keeps_runs_whose_directories_are_gone(tmp_path,
     _write_summary(root, config, 0.9)
   monkeypatch.setattr(structured.data, "load", lambda *a, **k: types.SimpleNamespace(
       images=np.zeros((1, 28, 28, 1), np.float32), name="mnist"))
-  monkeypatch.setattr(structured.train, "load_checkpoint", lambda c, w: None)
+  monkeypatch.setattr(structured.checkpoints, "load_checkpoint", lambda c, w: None)
   monkeypatch.setattr(structured, "inference_speedup", lambda *a: {
       "dense_median_s": 2.0, "small_median_s": 1.0, "speedup": 2.0})
   args = ["--seeds", "1", "--models", "lenet300100", "--root", str(root),

@@ -1,0 +1,292 @@
+"""The tfds builders of MNIST and Fashion-MNIST, and their prepared records.
+
+The builders store the images as plain ``uint8`` tensors in
+``array_record`` files, so preparing and reading them needs neither
+TensorFlow nor a network connection: the original IDX files
+(:mod:`experiments.idx`) are read from a local *source directory*
+(``mnist/`` and ``fashion_mnist/`` sub-folders) when there is one, and
+downloaded otherwise.  :func:`prepared` prepares a builder's records once
+(safely when several processes race to), :func:`decoded` reads a split's
+arrays from them once and keeps them beside the records.
+
+Environment variables:
+  JAXPRUNE_DATA_DIR: the source directory when ``source_dir`` is not given.
+  JAXPRUNE_TFDS_DIR: the writable tfds data directory when ``tfds_dir`` is not
+    given; else ``~/tensorflow_datasets``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+import zipfile
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from experiments import files
+from experiments import idx
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "FashionMnistBuilder",
+    "MnistBuilder",
+    "TFDS_DIR_ENV",
+    "builder",
+    "cifar10_arrays",
+    "decoded",
+    "prepared",
+    "resolve_source_dir",
+    "resolve_tfds_dir",
+]
+
+DATA_DIR_ENV = "JAXPRUNE_DATA_DIR"
+TFDS_DIR_ENV = "JAXPRUNE_TFDS_DIR"
+
+_READ_CHUNK = 10_000  # records per `__getitems__` call
+
+
+def resolve_source_dir(source_dir) -> pathlib.Path | None:
+  """``source_dir``, else ``$JAXPRUNE_DATA_DIR``, else None (download)."""
+  if source_dir is None:
+    source_dir = os.environ.get(DATA_DIR_ENV) or None
+  return None if source_dir is None else pathlib.Path(source_dir).expanduser()
+
+
+def resolve_tfds_dir(tfds_dir) -> pathlib.Path:
+  """``tfds_dir``, else ``$JAXPRUNE_TFDS_DIR``, else ``~/tensorflow_datasets``."""
+  if tfds_dir is None:
+    tfds_dir = os.environ.get(TFDS_DIR_ENV) or "~/tensorflow_datasets"
+  return pathlib.Path(tfds_dir).expanduser()
+
+
+class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A data set of four IDX files, stored as uint8 tensors in array_record."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "uint8 tensors in array_record, no TensorFlow."}
+  DATASET = ""  # the key of idx.SHA256 and idx.URLS
+  HOMEPAGE = ""
+  LABELS: Sequence[str] | None = None
+  # tfds 4.9.10 finds the code of a builder defined in a package through the
+  # `importlib_resources` backport, which it does not install on Python >= 3.9
+  # (tensorflow/datasets#11212); the code is this file.
+  code_path = epath.Path(__file__)
+
+  def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
+    """Args: ``source_dir`` (else ``$JAXPRUNE_DATA_DIR``), tfds's kwargs."""
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+    self._source_dir = resolve_source_dir(source_dir)
+    self._original_state["source_dir"] = self._source_dir  # for pickling
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    if self.LABELS is None:
+      label = tfds.features.ClassLabel(num_classes=idx.NUM_CLASSES)
+    else:
+      label = tfds.features.ClassLabel(names=list(self.LABELS))
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"{self.DATASET} from its original IDX files.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(
+                shape=idx.IMAGE_SHAPE,
+                dtype=np.uint8,
+                encoding=tfds.features.Encoding.BYTES,
+            ),
+            "label": label,
+        }),
+        supervised_keys=("image", "label"),
+        homepage=self.HOMEPAGE,
+        disable_shuffling=True,  # keep the order of the IDX files
+    )
+
+  def _split_generators(self, dl_manager):
+    paths = idx.fetch(self.DATASET, self._source_dir, dl_manager)
+    return {
+        split: self._generate_examples(
+            paths[images], paths[labels], split=split
+        )
+        for split, (images, labels) in idx.FILES.items()
+    }
+
+  def _generate_examples(self, images_path, labels_path, split):
+    images, labels = idx.read_examples(images_path, labels_path, split)
+    for index, (image, label) in enumerate(zip(images, labels)):
+      yield index, {"image": image, "label": int(label)}
+
+
+class MnistBuilder(_IdxBuilder):
+  """MNIST (LeCun, Cortes & Burges): 28x28 handwritten digits."""
+
+  name = "jaxprune_mnist"
+  DATASET = "mnist"
+  HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
+
+
+class FashionMnistBuilder(_IdxBuilder):
+  """Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017): 28x28 Zalando articles."""
+
+  name = "jaxprune_fashion_mnist"
+  DATASET = "fashion_mnist"
+  HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
+  LABELS = (
+      "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+  )
+
+
+_BUILDERS = {"mnist": MnistBuilder, "fashion_mnist": FashionMnistBuilder}
+
+
+def builder(
+    name: str,
+    *,
+    source_dir: str | os.PathLike | None = None,
+    tfds_dir: str | os.PathLike | None = None,
+) -> tfds.core.DatasetBuilder:
+  """The tfds builder of ``"mnist"`` or ``"fashion_mnist"`` (not prepared).
+
+  Args:
+    name: ``"mnist"`` or ``"fashion_mnist"``.
+    source_dir: folder with ``mnist/`` and ``fashion_mnist/`` sub-folders of
+      the original IDX files; default ``$JAXPRUNE_DATA_DIR``; without it the
+      files are downloaded.
+    tfds_dir: writable folder for the prepared data; default
+      ``$JAXPRUNE_TFDS_DIR``, else ``~/tensorflow_datasets``.
+
+  Returns:
+    The builder; ``builder.download_and_prepare()`` then
+    ``builder.as_data_source(split)`` give random access to the records.
+  """
+  if name not in _BUILDERS:
+    raise ValueError(
+        f"no jaxprune builder for {name!r}; known: {', '.join(_BUILDERS)}"
+    )
+  return _BUILDERS[name](
+      source_dir=source_dir, data_dir=os.fspath(resolve_tfds_dir(tfds_dir))
+  )
+
+
+def prepared(
+    make_builder: Callable[[], tfds.core.DatasetBuilder],
+) -> tfds.core.DatasetBuilder:
+  """A builder from ``make_builder`` with its records on disk, prepared if
+  need be.
+
+  Processes that start together on a fresh tfds directory (the cells of a
+  sweep run with ``--jobs 2``) each prepare the records in a directory of
+  their own and rename it into place; every one but the first then finds
+  the place taken, and tfds raises ``FileExistsError``.  The records there
+  are complete (tfds renames a directory only once it is finished), so such
+  a process reads those, through a new builder that finds them.
+  """
+  b = make_builder()
+  try:
+    b.download_and_prepare()
+  except FileExistsError:
+    b = make_builder()
+    if not os.path.isdir(b.data_dir):
+      raise
+    b.download_and_prepare()  # finds them prepared: reads their info only
+  return b
+
+
+def decoded(b: tfds.core.DatasetBuilder, split: str):
+  """The split's images and labels, read from the prepared records once.
+
+  tfds decodes a record at a time, in Python: 3 s for MNIST's 60,000
+  training images on this project's CPU (5 s on a loaded one), paid by
+  every process that loads them.  The arrays are then kept beside the
+  records, in ``decoded/SPLIT.npz`` under the builder's data directory,
+  with their sha256, and later loads read them (0.2 s, digest included).  A kept file that does not match its digest or the
+  split's size is read again from the records and replaced.
+  """
+  source = b.as_data_source(split=split)
+  if not os.path.isdir(b.data_dir):  # records not on disk (tfds mock data)
+    return _read_all(source)
+  path = pathlib.Path(b.data_dir) / "decoded" / f"{split}.npz"
+  kept = _read_decoded(path, len(source))
+  if kept is not None:
+    return kept
+  images, labels = _read_all(source)
+  path.parent.mkdir(exist_ok=True)
+  with files.replaced_atomically(path) as f:
+    np.savez(f, images=images, labels=labels,
+             sha256=np.asarray(_arrays_digest(images, labels)))
+  return images, labels
+
+
+def _arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
+  digest = hashlib.sha256()
+  for array in (images, labels):
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+  return digest.hexdigest()
+
+
+def _read_decoded(path: pathlib.Path, size: int):
+  """The arrays kept at ``path`` if they are whole and ``size`` long, else
+  None."""
+  try:
+    with np.load(path) as f:
+      images, labels, digest = f["images"], f["labels"], str(f["sha256"])
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    # absent, torn or foreign
+    return None
+  if (images.shape != (size, *idx.IMAGE_SHAPE) or images.dtype != np.uint8
+      or labels.shape != (size,) or labels.dtype != np.int32
+      or digest != _arrays_digest(images, labels)):
+    logging.warning("jaxprune: %s does not match its digest or its split; "
+                    "reading the records again", path)
+    return None
+  return images, labels
+
+
+def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
+  """All records of a tfds data source, in its order, as two arrays."""
+  n = len(source)
+  images = np.empty((n, *idx.IMAGE_SHAPE), np.uint8)
+  labels = np.empty((n,), np.int32)
+  for start in range(0, n, _READ_CHUNK):
+    stop = min(start + _READ_CHUNK, n)
+    records = source.__getitems__(list(range(start, stop)))
+    images[start:stop] = np.stack([r["image"] for r in records])
+    labels[start:stop] = [r["label"] for r in records]
+  return images, labels
+
+
+def cifar10_arrays(split: str, source_dir=None,
+                   tfds_dir=None) -> tuple[np.ndarray, np.ndarray]:
+  """CIFAR-10's ``uint8`` images and ``int32`` labels of ``split``, from
+  tfds's own builder (it needs TensorFlow and, the first time, a network
+  connection).
+
+  Raises:
+    ImportError: TensorFlow is not installed.
+    ValueError: a ``source_dir`` (tfds downloads CIFAR-10).
+  """
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise ImportError(
+        "CIFAR-10 needs TensorFlow, which is not installed: tfds's cifar10 "
+        "builder decodes its PNG images with it. Install it with "
+        "`pip install tensorflow` (or `pip install -e '.[cifar]'`); the first "
+        "load then downloads CIFAR-10, "
+        "which is not available offline here (only MNIST and Fashion-MNIST "
+        "are)."
+    ) from e
+  if source_dir is not None:
+    raise ValueError(
+        "source_dir is only for mnist and fashion_mnist; tfds downloads cifar10"
+    )
+  b = prepared(lambda: tfds.builder(
+      "cifar10", data_dir=os.fspath(resolve_tfds_dir(tfds_dir))))
+  arrays = tfds.as_numpy(b.as_dataset(split=split, batch_size=-1))
+  return (np.asarray(arrays["image"], np.uint8),
+          np.asarray(arrays["label"], np.int32))
