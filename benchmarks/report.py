@@ -59,6 +59,7 @@ MASK_UPDATING_METHODS = ("magnitude", "magnitude_packed", "saliency",
 MASK_UPDATE_RATIO_MAX = 1.25
 MASK_UPDATE_TARGET_MODELS = ("mlp4m", "mlp26m", "mlp100m")
 MAGNITUDE_ADDED_BYTES_PER_PRUNABLE_PARAM_MAX = 1.0
+COMPILE_RATIO_MAX = 1.5
 
 
 def target_of(record: dict) -> Target | None:
@@ -70,6 +71,8 @@ def target_of(record: dict) -> Target | None:
     return _ratio_at_most(AMORTISED_RATIO_MAX)
   if kind == "mask_update" and record["model"] in MASK_UPDATE_TARGET_MODELS:
     return _ratio_at_most(MASK_UPDATE_RATIO_MAX)
+  if kind == "compile":
+    return _ratio_at_most(COMPILE_RATIO_MAX)
   if kind == "memory" and method == "magnitude":
     return _bytes_per_prunable_param_at_most(
         MAGNITUDE_ADDED_BYTES_PER_PRUNABLE_PARAM_MAX)

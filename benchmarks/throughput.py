@@ -23,8 +23,9 @@ the same process (methods in ``benchmarks.methods``, models in
   the methods that update masks (every 100 steps, the schedule spanning
   the run).
 - ``compile``: tracing + lowering + compiling the pruned step
-  (``jax.jit(step).lower(...).compile()``), over the plain step's, each
-  timed once, on its own: no step time holds compilation.
+  (``jax.jit(step).lower(...).compile()``), over the plain step's: the
+  median of three compiles of each, alternated, each from a fresh closure,
+  timed on its own (no step time holds compilation).
 - ``mask_update``: a step of ``prune(adam, magnitude)`` that re-ranks every
   weight globally, over a dense step, on the 4-layer MLP at batch 32.
 - ``memory``: the bytes of params + optimizer state that pruning adds.
@@ -55,7 +56,7 @@ Every record has ``kind``, ``model``, ``method`` (a key of
 - ``amortised``: the same, with ``pruned_median_s`` over all steps and
   ``plain_total_s``, ``pruned_total_s``; ``ratio`` is their quotient.
 - ``mask_update``: ``steps``, ``block``, ``ratio_quartiles``.
-- ``compile``: medians are the seconds of one compile each.
+- ``compile``: medians over ``compiles`` compiles of each step.
 - ``memory``: ``params_bytes``, ``plain_state_bytes``,
   ``pruned_state_bytes``, ``added_bytes``,
   ``added_bytes_per_prunable_param``, ``added_bytes_per_param``; ``ratio``

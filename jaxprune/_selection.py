@@ -149,10 +149,21 @@ def _chunk_size(arrays: Sequence[jax.Array]) -> int | None:
 class _Part(NamedTuple):
   """A run of consecutive elements of one key array: its ``keys``, and where
   they lie: the whole array (``start`` None, any shape, possibly sharded) or
-  a flat chunk from ``start``."""
+  a flat chunk from ``start``, whose elements before ``new_from`` an earlier
+  chunk has already counted (the last chunk of an array is cut to end at
+  the array's end, overlapping the one before it)."""
 
   keys: jax.Array
   start: jax.Array | int | None
+  new_from: jax.Array | int | None = None
+
+  def uncounted(self, bins: jax.Array) -> jax.Array:
+    """``bins`` with the bin ``_RADIX_BINS`` (not counted) for the elements
+    that an earlier part has counted."""
+    if self.new_from is None:
+      return bins
+    fresh = self.index() >= self.new_from
+    return jnp.where(fresh, bins, jnp.asarray(_RADIX_BINS, bins.dtype))
 
   def index(self, offset: int = 0) -> jax.Array:
     """``offset`` plus each element's row-major position in its array."""
@@ -232,17 +243,18 @@ def _fold(keys: LazyKeys | _Concatenated, fn: Callable, acc):
   if size is None:
     return fn(acc, _Part(keys.computed(), None))
   flat = [x.reshape(-1) for x in keys.arrays]
-  full, rest = divmod(keys.size, size)
+  chunks = -(-keys.size // size)
 
+  # One traced body for every chunk, the last one included: it ends at the
+  # array's end and overlaps the one before, whose elements it marks as
+  # counted (a remainder chunk of its own would trace the pass twice).
   def body(i, acc):
-    start = i * size
+    new_from = i * size
+    start = jnp.minimum(new_from, keys.size - size)
     chunk = keys.fn(*(lax.dynamic_slice_in_dim(x, start, size) for x in flat))
-    return fn(acc, _Part(chunk, start))
+    return fn(acc, _Part(chunk, start, new_from))
 
-  acc = lax.fori_loop(0, full, body, acc)
-  if rest:
-    acc = fn(acc, _Part(keys.fn(*(x[full * size:] for x in flat)), full * size))
-  return acc
+  return lax.fori_loop(0, chunks, body, acc)
 
 
 def _add_counts(histogram: jax.Array, bins: jax.Array) -> jax.Array:
@@ -399,9 +411,12 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
       histogram, largest, first = acc
       chunk = part.keys  # unforced: the forced elements are known after it
       if len(source.members) == 1:  # possibly in chunks
-        flat = chunk.reshape(-1)
-        start = 0 if part.start is None else part.start
-        maxima, firsts = (jnp.max(flat),), (start + jnp.argmax(flat),)
+        maxima = (jnp.max(chunk),)
+        if part.start is None:  # whole, maybe sharded: no reshape (a gather)
+          never = jnp.int32(jnp.iinfo(jnp.int32).max)
+          firsts = (jnp.min(jnp.where(chunk == maxima[0], part.index(), never)),)
+        else:  # a flat chunk on one device
+          firsts = (part.start + jnp.argmax(chunk),)
       else:  # read whole: each member's maximum from its slice
         slices = [chunk[start:start + size] for _, start, size in source.members]
         maxima = tuple(jnp.max(x, initial=0) for x in slices)
@@ -410,7 +425,7 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
       # A later part holds the first maximum only if its maximum is larger.
       first = tuple(jnp.where(m > l, i.astype(jnp.int32), f)
                     for m, l, i, f in zip(maxima, largest, firsts, first))
-      return (_add_counts(histogram, chunk >> _RADIX_BITS),
+      return (_add_counts(histogram, part.uncounted(chunk >> _RADIX_BITS)),
               tuple(map(jnp.maximum, largest, maxima)), first)
 
     g = source.group
@@ -450,7 +465,8 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
       g = source.group
       per_group[g] = _fold(
           source.keys,
-          lambda h, part, source=source: _add_counts(h, bins_of(source, part)),
+          lambda h, part, source=source: _add_counts(
+              h, part.uncounted(bins_of(source, part))),
           per_group[g])
     return jnp.stack(per_group)
 
