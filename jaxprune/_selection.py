@@ -16,8 +16,9 @@ an all-reduce of it; on a single CPU device, one chunk of the keys at a time,
 so that the scratch does not grow with the weights).  When the threshold
 value is shared by more weights than there are places left (at 100M float32
 scores, a few weights share almost every value, so this is the common case
-there), the tied weights are kept from the lowest flat index, found by the
-same two-pass radix search over the tied weights' indices.  Every pass after
+there), the tied weights are kept from the lowest flat index: a few places
+are found by one pass per place that takes the next tied index (a minimum),
+many by the same two-pass radix search over the tied weights' indices.  Every pass after
 the first is a trip of one loop, so each source of keys is traced twice
 whatever the number of passes (compile time grows with the traced code).
 On a single device, consecutive small arrays of a group are read as one run
@@ -94,6 +95,14 @@ _RADIX_BINS = 1 << _RADIX_BITS
 # reuse it, where a large one is mapped afresh, and page-faulted again, at
 # every execution (benchmarks/page_faults.py).
 _CHUNK = 1 << 18
+
+# Ties at the threshold with at most this many places left are broken by
+# successive minima rather than by a radix search over their indices.
+_FEW_PLACES = 4
+# The trips of the threshold search after the first pass (see _cut).
+_MINIMUM_TRIP = 5
+_DONE = 4
+
 
 class LazyKeys(NamedTuple):
   """Ranking keys computed where each pass needs them: ``fn(*arrays)``.
@@ -471,18 +480,23 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
     return jnp.stack(per_group)
 
   # The rest of the search is one pass per trip of a loop, traced once: trip
-  # 1 finds the threshold's low 16 bits among the keys in its high bin; if
-  # the ties at the threshold do not all fit, trips 2 and 3 find one past
-  # the flat index of the last tied element kept, 16 bits at a time, among
-  # the tied elements, from the lowest index (a digit is counted as
-  # 0xFFFF - digit, so that the highest-bin search finds the lowest).
+  # 1 finds the threshold's low 16 bits among the keys in its high bin.  If
+  # the ties at the threshold do not all fit, the kept ones are those of
+  # lowest flat index, and the search finds one past the last of them: with
+  # at most _FEW_PLACES places left (the common case with float32 scores at
+  # scale, where two or three weights share the threshold's value), by one
+  # trip per place that takes the next tied index (a minimum, about a third
+  # of a histogram pass); with more, by trips 2 and 3, the index 16 bits at a
+  # time (a digit is counted as 0xFFFF - digit, so that the highest-bin
+  # search finds the lowest).
   class Search(NamedTuple):
-    trip: jax.Array  # int32, the next trip: 1, 2, 3, or 4 when done
+    trip: jax.Array  # int32: 1, 2, 3, _MINIMUM_TRIP, or _DONE
     threshold: jax.Array  # uint32 [groups]: high << 16 until trip 1 is done
     above: jax.Array  # int32 [groups]: counted above the bins searched
     wanted: jax.Array  # int32 [groups]: k, then the places left among ties
     index_high: jax.Array  # int32 [groups], the bound's high 16 bits
     bound: jax.Array  # int32 [groups]
+    taken: jax.Array  # int32: the minimum trips made
 
   def bins(trip, search: Search, source: _Source, part: _Part) -> jax.Array:
     g = source.group
@@ -498,7 +512,7 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
         _RADIX_BINS)
     return jnp.where(trip == 1, in_high_bin.astype(jnp.int32), index_bins)
 
-  def trip(search: Search) -> Search:
+  def radix_trip(search: Search) -> Search:
     counts = histograms(functools.partial(bins, search.trip, search))
     b, in_b, above_b = _highest_bin_reaching(counts, search.above,
                                              search.wanted)
@@ -508,13 +522,15 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
                         search.threshold)
     places_left = search.wanted - above_b
     all_fit = jnp.all(places_left == in_b)
+    few = jnp.max(places_left) <= _FEW_PLACES
     # Trips 2 and 3: the digits of the last tied index kept.
     digit = (_RADIX_BINS - 1) - b
     last_kept = (search.index_high << _RADIX_BITS) | digit
-    bound = if_trip(1, sizes, if_trip(3, jnp.where(
-        search.wanted > 0, last_kept + 1, 0), search.bound))
-    next_trip = if_trip(1, jnp.where(all_fit, 4, 2), search.trip + 1)
-    return Search(
+    bound = if_trip(1, jnp.where(all_fit | ~few, sizes, 0), if_trip(
+        3, jnp.where(search.wanted > 0, last_kept + 1, 0), search.bound))
+    after_first = jnp.where(all_fit, _DONE, jnp.where(few, _MINIMUM_TRIP, 2))
+    next_trip = if_trip(1, after_first, if_trip(3, _DONE, search.trip + 1))
+    return search._replace(
         trip=next_trip,
         threshold=threshold,
         above=if_trip(2, above_b, jnp.zeros_like(above_b)),
@@ -523,12 +539,35 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
         bound=bound,
     )
 
+  def minimum_trip(search: Search) -> Search:
+    never = jnp.int32(jnp.iinfo(jnp.int32).max)
+    lowest = [never] * num_groups
+    for source in sources:
+      g = source.group
+
+      def lowest_in(acc, part, source=source, g=g):
+        index = part.index(source.offset)
+        tied = ((keys_of(source, part) == search.threshold[g])
+                & (index >= search.bound[g]))
+        return jnp.minimum(acc, jnp.min(jnp.where(tied, index, never)))
+
+      lowest[g] = _fold(source.keys, lowest_in, lowest[g])
+    bound = jnp.where(search.taken < search.wanted, jnp.stack(lowest) + 1,
+                      search.bound)
+    taken = search.taken + 1
+    return search._replace(
+        trip=jnp.where(taken >= jnp.max(search.wanted), _DONE, _MINIMUM_TRIP),
+        bound=bound, taken=taken)
+
   sizes = jnp.asarray(group_sizes, jnp.int32)
   search = lax.while_loop(
-      lambda search: search.trip < 4, trip,
+      lambda search: search.trip != _DONE,
+      lambda search: lax.cond(search.trip == _MINIMUM_TRIP, minimum_trip,
+                              radix_trip, search),
       Search(trip=jnp.int32(1), threshold=high << _RADIX_BITS,
              above=above_high, wanted=k,
-             index_high=jnp.zeros((num_groups,), jnp.int32), bound=sizes))
+             index_high=jnp.zeros((num_groups,), jnp.int32), bound=sizes,
+             taken=jnp.int32(0)))
   threshold, bound = search.threshold, search.bound
   return _Cut(
       threshold=threshold,
