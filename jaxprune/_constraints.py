@@ -51,27 +51,6 @@ from jaxprune import _trees
 Constraint = Callable[[Any], jax.Array]
 
 
-class DualAscentState(NamedTuple):
-  """State of :func:`dual_ascent`, one entry per constraint function.
-
-  Attributes:
-    step: int32, the number of updates so far.
-    multipliers: the Lagrange multipliers ``lambda_k >= 0``, float32 arrays
-      of the shape of each constraint's value; zero at the start.
-    values: the constraint values ``g_k(params)`` at the last update (feasible
-      where ``<= 0``), the ones the multipliers were updated with.
-  """
-
-  step: jax.Array
-  multipliers: tuple[jax.Array, ...]
-  values: tuple[jax.Array, ...]
-
-  @property
-  def violations(self) -> tuple[jax.Array, ...]:
-    """``max(g_k, 0)``: by how much each constraint was violated."""
-    return tuple(jnp.maximum(v, 0.0) for v in self.values)
-
-
 def _no_gradient(g: Any) -> bool:
   """Whether ``g`` is JAX's gradient of an integer leaf (dtype ``float0``)."""
   return getattr(g, "dtype", None) == jax.dtypes.float0
@@ -98,6 +77,27 @@ def _as_constraints(constraints) -> tuple[Constraint, ...]:
     if not callable(c):
       raise TypeError(f"constraint {i} is a {type(c).__name__}, not a function")
   return constraints
+
+
+class DualAscentState(NamedTuple):
+  """State of :func:`dual_ascent`, one entry per constraint function.
+
+  Attributes:
+    step: int32, the number of updates so far.
+    multipliers: the Lagrange multipliers ``lambda_k >= 0``, float32 arrays
+      of the shape of each constraint's value; zero at the start.
+    values: the constraint values ``g_k(params)`` at the last update (feasible
+      where ``<= 0``), the ones the multipliers were updated with.
+  """
+
+  step: jax.Array
+  multipliers: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
+
+  @property
+  def violations(self) -> tuple[jax.Array, ...]:
+    """``max(g_k, 0)``: by how much each constraint was violated."""
+    return tuple(jnp.maximum(v, 0.0) for v in self.values)
 
 
 def dual_ascent(
