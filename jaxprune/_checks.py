@@ -82,6 +82,17 @@ def check_scalar_hyperparameter(name: str, value: Any, positive: bool) -> None:
     raise ValueError(f"{name} must be {bound}, got {number}")
 
 
+def check_batches(batches: Any, caller: str) -> None:
+  """``batches`` is a sequence or iterator of batches, not one array (whose
+  rows would be read as one batch each)."""
+  if isinstance(batches, (jax.Array, np.ndarray)):
+    raise TypeError(
+        f"{caller}: batches must be a sequence or an iterator of batches, got "
+        f"one array of shape {np.shape(batches)}, which would be read as "
+        f"{len(batches) if np.ndim(batches) else 0} batches of one row each; "
+        "pass [batch] for a single batch")
+
+
 def require_params(params: Any, caller: str) -> None:
   """``update`` was given the params (``caller`` as ``"jaxprune.prune"``)."""
   if params is None:

@@ -118,18 +118,26 @@ def apply_masks(params: Any, masks: Any) -> Any:
 
   Raises:
     ValueError: if the trees or a leaf's shape do not match.
+    TypeError: if a mask is not boolean (a float "mask" of 0.2 would keep
+      every weight).
   """
   _trees.check_same_structure(
       jax.tree.map(lambda _: 0, params), jax.tree.map(
           lambda m: 0, masks, is_leaf=_is_none), "the masks")
 
-  def masked(p, m):
+  def masked(path, p, m):
     if m is None:
       return p
+    where = _trees.path_string(_trees.readable_path(path))
+    if jnp.result_type(m) != jnp.bool_:
+      raise TypeError(
+          f"the mask of {where} has dtype {jnp.result_type(m)}; masks are "
+          "boolean (True = kept)")
     if jnp.shape(m) != jnp.shape(p):
       raise ValueError(
-          f"a mask of shape {jnp.shape(m)} cannot mask a param of shape "
-          f"{jnp.shape(p)}")
+          f"{where}: a mask of shape {jnp.shape(m)} cannot mask a param of "
+          f"shape {jnp.shape(p)}")
     return jnp.where(m, p, jnp.zeros_like(p))
 
-  return jax.tree.map(masked, params, masks, is_leaf=_is_none)
+  return jax.tree_util.tree_map_with_path(masked, params, masks,
+                                          is_leaf=_is_none)

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxprune import _checks
 from jaxprune import _plans
 from jaxprune import _trees
 
@@ -34,6 +35,7 @@ def round_batches(batches: Iterable[Any], batches_per_round: int, caller: str):
   A sequence is used whole in every round; an iterator gives
   ``batches_per_round`` fresh batches per round.
   """
+  _checks.check_batches(batches, caller)
   if isinstance(batches, Sequence):
     if len(batches) == 0:
       raise ValueError(f"{caller}: batches is empty; give at least one batch")

@@ -81,7 +81,9 @@ def sensitivity(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
 
   Raises:
     ValueError: if ``batches`` is empty.
+    TypeError: if ``batches`` is one array rather than a sequence of them.
   """
+  _checks.check_batches(batches, "jaxprune.sensitivity")
   batches = list(batches)
   if not batches:
     raise ValueError("sensitivity needs at least one batch, got none")
@@ -217,6 +219,7 @@ def gradient_flow(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
   Returns:
     A tree of float32 scores with the structure of ``params``.
   """
+  _checks.check_batches(batches, "jaxprune.gradient_flow")
   batches = list(batches)
   if not batches:
     raise ValueError("gradient_flow needs at least one batch, got none")

@@ -122,6 +122,7 @@ def node_sensitivity(
     last.
   """
   _check_layers(params, layers, None, "jaxprune.node_sensitivity")
+  _checks.check_batches(batches, "jaxprune.node_sensitivity")
   batches = list(batches)
   if not batches:
     raise ValueError("node_sensitivity needs at least one batch, got none")

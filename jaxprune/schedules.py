@@ -104,11 +104,19 @@ class Schedule:
     return jnp.where(level >= 0, table[jnp.maximum(level, 0)], 0.0)
 
 
+# The transformations count steps in int32.
+_MAX_STEP = 2**31 - 1
+
+
 def _check_step(value: int, name: str) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(f"{name} must be an integer step, got {value!r}")
   if value < 0:
     raise ValueError(f"{name} must be >= 0, got {value}")
+  if value > _MAX_STEP:
+    raise ValueError(
+        f"{name} must be at most 2**31 - 1 (the step counter is int32), got "
+        f"{value}")
   return int(value)
 
 

@@ -668,3 +668,47 @@ def test_the_readme_table_names_tests_that_exist():
   assert len(named) > 30
   for file, name in named:
     assert f"def {name}(" in (root / "tests" / file).read_text(), (file, name)
+
+
+# --------------------------------------- misuse that used to be accepted
+
+
+@pytest.mark.parametrize("fn", [
+    lambda batches: jaxprune.snip(_loss, _params(), batches, sparsity=0.5),
+    lambda batches: jaxprune.snip_it(_loss, _params(), batches, sparsity=0.5),
+    lambda batches: jaxprune.grasp(_loss, _params(), batches, sparsity=0.5),
+    lambda batches: jaxprune.sensitivity(_loss, _params(), batches),
+    lambda batches: jaxprune.gradient_flow(_loss, _params(), batches),
+    lambda batches: jaxprune.snap_it(_loss, _params(), batches, sparsity=0.5,
+                                     layers=("a", "b")),
+], ids=["snip", "snip_it", "grasp", "sensitivity", "gradient_flow", "snap_it"])
+def test_one_array_given_as_the_batches(fn):
+  # Iterated, a (2, 3) array would be two batches of one row each.
+  with pytest.raises(TypeError, match=r"got one array of shape \(2, 3\), which "
+                     r"would be read as 2 batches of one row each; pass \[batch\]"):
+    fn(jnp.ones((2, 3)))
+  with pytest.raises(TypeError, match="got one array"):
+    fn(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("mask, dtype", [
+    (jnp.full((4, 2), 0.2), "float32"), (jnp.ones((4, 2), jnp.int8), "int8"),
+    (jnp.full((4, 2), jnp.nan), "float32")], ids=["float", "int8", "nan"])
+def test_apply_masks_refuses_masks_that_are_not_boolean(mask, dtype):
+  # A 0.2 "mask" used as a condition would keep every weight.
+  with pytest.raises(TypeError, match=f"the mask of b/kernel has dtype {dtype}; "
+                     "masks are boolean"):
+    jaxprune.apply_masks(_params(), {**_masks(), "b": {"kernel": mask}})
+
+
+@pytest.mark.parametrize("fn", [
+    lambda: schedules.one_shot(0.5, at_step=2**31),
+    lambda: schedules.polynomial(0.9, begin_step=0, end_step=2**31,
+                                 frequency=10),
+    lambda: schedules.piecewise([2**31], [0.5]),
+], ids=["one_shot", "polynomial", "piecewise"])
+def test_steps_past_the_int32_step_counter(fn):
+  with pytest.raises(ValueError, match=r"must be at most 2\*\*31 - 1 \(the "
+                     r"step counter is int32\)"):
+    fn()
+  assert schedules.one_shot(0.5, at_step=2**31 - 1).steps == (2**31 - 1,)
