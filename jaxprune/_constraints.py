@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune import _checks
 from jaxprune import _l0
 from jaxprune import _trees
 
@@ -88,11 +89,14 @@ class DualAscentState(NamedTuple):
       of the shape of each constraint's value; zero at the start.
     values: the constraint values ``g_k(params)`` at the last update (feasible
       where ``<= 0``), the ones the multipliers were updated with.
+    skipped: int32, the updates whose constraint values or constraint
+      gradients were NaN or infinite, which added no constraint gradient.
   """
 
   step: jax.Array
   multipliers: tuple[jax.Array, ...]
   values: tuple[jax.Array, ...]
+  skipped: jax.Array
 
   @property
   def violations(self) -> tuple[jax.Array, ...]:
@@ -120,7 +124,12 @@ def dual_ascent(
      met instead of overshooting while ``lambda`` decays.
 
   A multiplier whose constraint value is NaN or infinite keeps its previous
-  value (the value is still recorded in the state, for logging).  Integer
+  value (the value is still recorded in the state, for logging), and an
+  update where any constraint value, or the constraints' gradient, is NaN
+  or infinite adds no constraint gradient at all: the updates pass through
+  as they came, so one bad value (``sqrt`` of a negative number, say)
+  cannot turn the params into NaN.  Such updates are counted in
+  ``DualAscentState.skipped``.  Integer
   leaves of the params (a step counter, say) have no gradient: their
   updates pass through unchanged.
 
@@ -129,7 +138,8 @@ def dual_ascent(
       values are a float scalar or array (one multiplier per entry),
       differentiable in the params.  E.g. :func:`density_constraint`.
     dual_lr: the ascent step size ``eta_dual`` (1e-4 in the paper's MNIST
-      runs); may be injected with ``optax.inject_hyperparams``.
+      runs), finite and > 0; may be injected with
+      ``optax.inject_hyperparams``.
     dual_restarts: reset the multiplier of a satisfied constraint to 0.
 
   Returns:
@@ -137,8 +147,10 @@ def dual_ascent(
     params; its state is a :class:`DualAscentState`.
   """
   constraints = _as_constraints(constraints)
-  if isinstance(dual_lr, numbers.Real) and not dual_lr >= 0:
-    raise ValueError(f"dual_lr must be >= 0, got {dual_lr}")
+  _checks.check_scalar_hyperparameter("dual_lr", dual_lr, positive=True)
+  if not isinstance(dual_lr, jax.core.Tracer) and not math.isfinite(
+      float(np.asarray(dual_lr))):
+    raise ValueError(f"dual_lr must be finite, got {dual_lr}")
 
   def evaluate(params):
     return tuple(jnp.asarray(c(params)) for c in constraints)
@@ -152,7 +164,8 @@ def dual_ascent(
             "floating-point values"
         )
     zeros = tuple(jnp.zeros(s.shape, jnp.float32) for s in shapes)
-    return DualAscentState(jnp.zeros([], jnp.int32), zeros, zeros)
+    return DualAscentState(jnp.zeros([], jnp.int32), zeros, zeros,
+                           jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -172,7 +185,15 @@ def dual_ascent(
     (constraint_grads,) = pullback(
         tuple(m.astype(v.dtype) for m, v in zip(state.multipliers, values))
     )
-    updates = jax.tree.map(_add_gradient, updates, constraint_grads)
+    finite = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(v)) for v in values]
+        + [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(constraint_grads)
+           if not _no_gradient(g)]))
+
+    def add(u, g):
+      return u if _no_gradient(g) else jnp.where(finite, _add_gradient(u, g), u)
+
+    updates = jax.tree.map(add, updates, constraint_grads)
     multipliers = []
     for m, v in zip(state.multipliers, values):
       v = v.astype(jnp.float32)
@@ -182,7 +203,8 @@ def dual_ascent(
       multipliers.append(jnp.where(jnp.isfinite(v), ascended, m))
     recorded = tuple(v.astype(jnp.float32) for v in values)
     return updates, DualAscentState(
-        optax.safe_increment(state.step), tuple(multipliers), recorded
+        optax.safe_increment(state.step), tuple(multipliers), recorded,
+        state.skipped + (~finite).astype(jnp.int32),
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

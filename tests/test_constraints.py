@@ -81,6 +81,40 @@ def test_a_nan_constraint_value_keeps_the_multiplier():
   assert math.isnan(float(state.values[0]))
 
 
+@pytest.mark.parametrize("multiplier", [0.0, 2.0])
+def test_a_nan_constraint_value_never_reaches_the_params(multiplier):
+  # sqrt(sum(w) - 1) at sum(w) < 1: the value and its gradient are NaN.
+  tx = optax.chain(
+      jaxprune.dual_ascent(lambda p: jnp.sqrt(jnp.sum(p["w"]) - 1.0),
+                           dual_lr=0.5),
+      optax.sgd(0.1))
+  params = {"w": jnp.array([0.2, 0.3])}
+  state = tx.init(params)
+  dual = state[0]._replace(multipliers=(jnp.float32(multiplier),))
+  state = (dual, state[1])
+  grads = {"w": jnp.array([1.0, -1.0])}
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  np.testing.assert_array_equal(updates["w"], np.float32([-0.1, 0.1]))  # sgd alone
+  assert float(state[0].multipliers[0]) == multiplier
+  assert int(state[0].skipped) == 1
+  assert math.isnan(float(state[0].values[0]))
+
+
+def test_an_infinite_constraint_gradient_is_left_out():
+  # sqrt(sum(w)) at sum(w) = 0: a finite value with an infinite gradient.
+  tx = jaxprune.dual_ascent(lambda p: jnp.sqrt(jnp.sum(p["w"])), dual_lr=0.5)
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  state = state._replace(multipliers=(jnp.float32(1.0),))
+  updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+  np.testing.assert_array_equal(updates["w"], [1.0, 1.0])
+  assert int(state.skipped) == 1
+  updates, state = tx.update({"w": jnp.ones(2)}, state, {"w": jnp.ones(2)})
+  np.testing.assert_allclose(updates["w"], 1.0 + 1.0 / (2 * np.sqrt(2.0)),
+                             rtol=1e-6)
+  assert int(state.skipped) == 1
+
+
 def test_jit_equals_no_jit():
   tx = optax.chain(jaxprune.dual_ascent(lambda p: jnp.sum(p["w"] ** 2) - 1.0, dual_lr=0.3),
                    optax.adam(0.1))
@@ -210,8 +244,11 @@ def test_dual_ascent_rejects_bad_input():
     jaxprune.dual_ascent([lambda p: 0.0, 3.0], dual_lr=0.1)
   with pytest.raises(TypeError, match="constraints must be"):
     jaxprune.dual_ascent(0.5, dual_lr=0.1)
-  with pytest.raises(ValueError, match="dual_lr must be >= 0"):
-    jaxprune.dual_ascent(lambda p: p["x"], dual_lr=-1.0)
+  for bad in (-1.0, 0.0, float("nan")):
+    with pytest.raises(ValueError, match="dual_lr must be > 0"):
+      jaxprune.dual_ascent(lambda p: p["x"], dual_lr=bad)
+  with pytest.raises(ValueError, match="dual_lr must be finite"):
+    jaxprune.dual_ascent(lambda p: p["x"], dual_lr=float("inf"))
   tx = jaxprune.dual_ascent(lambda p: jnp.sum(p["x"] > 0), dual_lr=0.1)
   with pytest.raises(TypeError, match="floating-point"):
     tx.init({"x": jnp.ones(3)})
