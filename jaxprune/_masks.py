@@ -4,13 +4,16 @@ gradients and updates.
 A mask tree has the structure of the params: a boolean array of the leaf's
 shape (True = kept) for every pruned leaf and ``None`` for the others.
 
-Example:
+Example: updates that leave the pruned weight exactly 0 after
+``optax.apply_updates``, whatever the optimizer proposed.
+
   >>> import jax.numpy as jnp
-  >>> import jaxprune
+  >>> from jaxprune import _masks
   >>> params = {'w': jnp.array([1.0, -2.0, 3.0]), 'b': jnp.ones(1)}
   >>> masks = {'w': jnp.array([True, False, True]), 'b': None}
-  >>> jaxprune.apply_masks(params, masks)['w']
-  Array([1., 0., 3.], dtype=float32)
+  >>> updates = {'w': jnp.array([0.5, 0.5, 0.5]), 'b': jnp.array([0.5])}
+  >>> _masks.zero_pruned_params(masks, updates, params)['w']
+  Array([0.5, 2. , 0.5], dtype=float32)
 """
 
 from __future__ import annotations
