@@ -105,3 +105,13 @@ def test_bad_input_is_named():
     jaxprune.synflow(_mlp, params, (5,), sparsity=-0.1)
   with pytest.raises(ValueError, match="masks"):
     jaxprune.connectivity(_mlp, params, {"a": None}, (5,))
+
+
+@pytest.mark.parametrize("allocation", ["global", "global_topk"])
+def test_synflow_keeps_one_weight_at_the_half_to_even_edge(allocation):
+  # 1000 weights at 1 - 0.5 / 1000: round(999.5) = 1000 would prune them all.
+  params = {"w": jax.random.normal(jax.random.key(0), (40, 25))}
+  apply_fn = lambda p, x: x @ p["w"]
+  masks = jaxprune.synflow(apply_fn, params, (40,), sparsity=0.9995,
+                           rounds=10, allocation=allocation)
+  assert int(masks["w"].sum()) == 1

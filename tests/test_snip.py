@@ -280,3 +280,16 @@ def test_grasp_keeps_the_highest_gradient_flow_scores():
                               [0, 0], [45 - round(0.7 * 45)], force_best=True)
   for layer, w in zip(("hidden", "out"), want):
     np.testing.assert_array_equal(np.asarray(masks[layer]["kernel"]), w)
+
+
+@pytest.mark.parametrize("allocation", ["global", "global_topk"])
+@pytest.mark.parametrize("method", ["snip", "snip_it", "grasp"])
+def test_one_weight_is_kept_at_the_half_to_even_edge(method, allocation):
+  # 1000 weights at 1 - 0.5 / 1000: round(999.5) = 1000 would prune them all.
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(40, 25)), jnp.float32)}
+  x = jnp.asarray(rng.normal(size=(16, 40)), jnp.float32)
+  loss = lambda p, x: jnp.mean(jnp.tanh(x @ p["w"]) ** 2)
+  masks = getattr(jaxprune, method)(loss, params, [x], sparsity=0.9995,
+                                    allocation=allocation)
+  assert int(masks["w"].sum()) == 1
