@@ -293,3 +293,53 @@ def test_one_weight_is_kept_at_the_half_to_even_edge(method, allocation):
   masks = getattr(jaxprune, method)(loss, params, [x], sparsity=0.9995,
                                     allocation=allocation)
   assert int(masks["w"].sum()) == 1
+
+
+def _two_weights_and_a_bias():
+  # L = (w1 + b)^2 / 2 + (w2 + 2b)^2 / 2 at w = (3, -2), b = 0, by hand:
+  # g_w = (3, -2), g_b = 3 + 2 * (-2) = -1; H_ww = I, H_wb = (1, 2).
+  params = {"kernel": jnp.array([[3.0, -2.0]]), "bias": jnp.zeros(1)}
+
+  def loss(p, batch):
+    del batch
+    (w1, w2), b = p["kernel"][0], p["bias"][0]
+    return 0.5 * (w1 + b) ** 2 + 0.5 * (w2 + 2 * b) ** 2
+
+  return params, loss
+
+
+def test_grasp_takes_g_and_h_over_the_prunable_leaves_by_default():
+  params, loss = _two_weights_and_a_bias()
+  # The authors': w * (H_ww g_w) = (3 * 3, -2 * -2) = (9, 4): keep w1.
+  got = jaxprune.gradient_flow(loss, params, [None])["kernel"]
+  np.testing.assert_allclose(np.asarray(got), [[9.0, 4.0]])
+  assert jaxprune.grasp(loss, params, [None], sparsity=0.5)[
+      "kernel"].tolist() == [[True, False]]
+  # Every leaf: w * (H_ww g_w + H_wb g_b) = (3 * (3 - 1), -2 * (-2 - 2))
+  # = (6, 8): keep w2.
+  got = jaxprune.gradient_flow(loss, params, [None], all_leaves=True)["kernel"]
+  np.testing.assert_allclose(np.asarray(got), [[6.0, 8.0]])
+  assert jaxprune.grasp(loss, params, [None], sparsity=0.5, all_leaves=True)[
+      "kernel"].tolist() == [[False, True]]
+
+
+@strict_dtypes
+def test_grasp_default_is_gradient_flow_of_the_kernels_alone():
+  # The authors' score, formulated apart: differentiate a loss whose only
+  # arguments are the kernels, the biases held fixed.
+  params, batches = _params(), _batches(2)
+  layers = ("hidden", "out")
+  kernels = {l: params[l]["kernel"] for l in layers}
+
+  def kernel_loss(k, batch):
+    return _loss({l: {"kernel": k[l], "bias": params[l]["bias"]}
+                  for l in layers}, batch)
+
+  want = jaxprune.gradient_flow(kernel_loss, kernels, batches, all_leaves=True)
+  got = jaxprune.gradient_flow(_loss, params, batches)
+  every = jaxprune.gradient_flow(_loss, params, batches, all_leaves=True)
+  for l in layers:
+    np.testing.assert_allclose(np.asarray(got[l]["kernel"]),
+                               np.asarray(want[l]), rtol=1e-5, atol=1e-7)
+  assert not np.allclose(np.asarray(every["hidden"]["kernel"]),
+                         np.asarray(want["hidden"]), rtol=1e-3)
