@@ -60,6 +60,9 @@ class Config:
   gates: str = "unit"  # unit (input neurons and filters) | weight
   drop_rate: float = 0.5  # initial d0: log_alpha ~ N(log((1 - d0) / d0), 0.01)
   input_drop_rate: float = 0.2  # d0 of an MLP's first layer (Louizos et al.)
+  # add_gates(rescale_weights=...): gated weights divided by 1 - d0 when the
+  # gates are made (Gallego-Posada et al.'s code; Louizos et al.'s does not).
+  rescale_gated_weights: bool = False
   density_target: float = 0.5  # l0_constrained: expected density <= target
   density_scope: str = "model"  # model | layer
   dual_lr: float = 1e-4

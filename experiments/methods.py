@@ -209,7 +209,7 @@ def init_params(config: Config, params: Any) -> Any:
     raise ValueError(f"unknown gates {config.gates!r}; expected unit or weight")
   return jaxprune.add_gates(
       params, jax.random.key(config.seed + 7919), granularity=granularity,
-      drop_rate=drop_rate,
+      drop_rate=drop_rate, rescale_weights=config.rescale_gated_weights,
   )
 
 
