@@ -55,6 +55,10 @@ class Config:
   init_batches: int = 5
   init_batch_size: int = 512
   rounds: int = 5  # SNIP-it's S: the geometric rounds after the first
+  # snip_it_during: rank by |g * w| of the train step's own batch inside the
+  # update, instead of the authors' init_batches fresh batches in
+  # evaluation mode at each event (methods.between_steps).
+  snip_it_step_gradient: bool = False
   synflow_rounds: int = 100
   # L0 gates (methods l0_constrained and l0_penalty; experiments.constrained).
   gates: str = "unit"  # unit (input neurons and filters) | weight

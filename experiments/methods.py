@@ -102,15 +102,14 @@ METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.Gradie
         seed=config.seed, max_steps=config.steps,
     ),
     # SNIP-it during training (Verdenius et al. 2020): one geometric round
-    # of |g * w| on the step's batch every `prune_every` steps from
-    # `begin_step`, until `sparsity`.
-    "snip_it_during": lambda inner, config: jaxprune.prune(
-        inner, criterion=jaxprune.criteria.saliency,
-        schedule=jaxprune.schedules.geometric(
-            config.sparsity, config.begin_step, config.pruning_period(),
-            config.rounds),
-        allocation=config.allocation, seed=config.seed,
-    ),
+    # every `prune_every` steps from `begin_step`, until `sparsity`; as the
+    # authors run it, the masks are found between steps (between_steps), or
+    # with snip_it_step_gradient by |g * w| on the step's batch.
+    "snip_it_during": lambda inner, config: (
+        jaxprune.prune(inner, criterion=jaxprune.criteria.saliency,
+                       schedule=_snip_it_schedule(config),
+                       allocation=config.allocation, seed=config.seed)
+        if config.snip_it_step_gradient else jaxprune.prune(inner)),
     # L0 gates (see gated_params): the density as a constraint, or a penalty.
     "l0_constrained": _l0_constrained,
     "l0_penalty": _l0_penalty,
@@ -121,6 +120,48 @@ METHODS: dict[str, Callable[[optax.GradientTransformation, Config], optax.Gradie
     "project_l21": lambda inner, config: optax.chain(
         inner, jaxprune.project_l21(config.radius)),
 }
+
+def _snip_it_schedule(config: Config) -> jaxprune.schedules.Schedule:
+  return jaxprune.schedules.geometric(
+      config.sparsity, config.begin_step, config.pruning_period(),
+      config.rounds)
+
+
+def between_steps(config: Config, state, step: int,
+                  init_batch: Callable[[int], dict]):
+  """The train state before update ``step + 1``: SNIP-it's pruning event.
+
+  SNIP-it during training as its authors run it (unless
+  ``config.snip_it_step_gradient``): at each step of the geometric schedule
+  the sensitivity is computed on ``config.init_batches`` fresh batches
+  (``init_batch(i)``, the i-th batch of a stream of their own) with the
+  model in evaluation mode, as before training, and the round's global top
+  of the surviving weights is kept (``jaxprune.snip`` with the current
+  masks); the new masks go into the optimizer state, whose inner state is
+  kept, and the pruned weights are zeroed.  Other methods: ``state``.
+  """
+  if config.method != "snip_it_during" or config.snip_it_step_gradient:
+    return state
+  schedule = _snip_it_schedule(config)
+  if step not in schedule.steps:
+    return state
+  event = schedule.steps.index(step)
+  batches = [init_batch(event * config.init_batches + j)
+             for j in range(config.init_batches)]
+
+  def loss_fn(p, batch):
+    logits = state.apply_fn({"params": p, "batch_stats": state.batch_stats},
+                            batch["image"], train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+
+  masks = jaxprune.snip(loss_fn, state.params, batches,
+                        sparsity=schedule.sparsities[event],
+                        allocation=config.allocation,
+                        masks=jaxprune.masks_of(state.opt_state))
+  return state.replace(params=jaxprune.apply_masks(state.params, masks),
+                       opt_state=jaxprune.replace_masks(state.opt_state, masks))
+
 
 GATED_METHODS = ("l0_constrained", "l0_penalty")
 # Methods that find the masks before training (initial_masks); training keeps

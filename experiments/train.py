@@ -566,6 +566,8 @@ def train_and_evaluate(
     for step in range(first, config.steps):
       batch = data.train_batch(train_split, config.batch_size, config.seed, step)
       batch = data.shard(data.process_part(batch, mesh), mesh)
+      state = methods.between_steps(config, state, step, functools.partial(
+          data.train_batch, train_split, config.init_batch_size, config.seed + 1))
       state, metrics = train_step(state, batch)
       done = step + 1
       if done % config.log_every == 0 or done == config.steps:

@@ -11,6 +11,20 @@ Both return masks (True = kept) for the prunable leaves.  Training keeps them
 with ``jaxprune.prune(inner, masks=masks)``; :func:`jaxprune.apply_masks`
 zeroes the pruned weights before the first forward pass.
 
+SNIP-it during training, as its authors run it, is one :func:`snip` round
+per pruning event, on fresh batches in evaluation mode, from the current
+weights and masks, put into the optimizer state by
+:func:`jaxprune.replace_masks` (the optimizer state is kept):
+
+  for step in range(num_steps):
+    if step in schedule.steps:  # schedules.geometric(...)
+      k = schedule.sparsities[schedule.steps.index(step)]
+      masks = snip(eval_loss, params, next_five_batches, sparsity=k,
+                   masks=jaxprune.masks_of(opt_state))
+      opt_state = jaxprune.replace_masks(opt_state, masks)
+      params = jaxprune.apply_masks(params, masks)
+    ...  # the train step, with jaxprune.prune(inner) (fixed masks)
+
 Example:
   >>> import jax, jax.numpy as jnp
   >>> import jaxprune

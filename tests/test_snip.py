@@ -343,3 +343,44 @@ def test_grasp_default_is_gradient_flow_of_the_kernels_alone():
                                np.asarray(want[l]), rtol=1e-5, atol=1e-7)
   assert not np.allclose(np.asarray(every["hidden"]["kernel"]),
                          np.asarray(want["hidden"]), rtol=1e-3)
+
+
+def test_snip_it_during_training_rescores_fresh_batches_at_an_event():
+  # The authors' SNIP-it during training: at an event the sensitivity of the
+  # current weights on fresh batches (here 5), the new masks put into the
+  # optimizer state, which is kept.  prune(criterion=saliency) ranks by the
+  # train step's own gradient instead, and keeps other weights.
+  params, train_batches, fresh = _params(), _batches(3), _batches(5, seed=7)
+  tx = jaxprune.prune(optax.adam(1e-2))
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for batch in train_batches[:2]:
+    updates, state = update(jax.grad(_loss)(params, batch), state, params)
+    params = optax.apply_updates(params, updates)
+  at_event = params
+  masks = jaxprune.snip(_loss, params, fresh, sparsity=0.5,
+                        masks=jaxprune.masks_of(state))
+  state = jaxprune.replace_masks(state, masks)
+  params = jaxprune.apply_masks(params, masks)
+  scores = jaxprune.sensitivity(_loss, params, fresh)
+  kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
+  want = reference.keep_top_k(kernels, [np.ones(k.shape, bool) for k in kernels],
+                              [0, 0], [45 - round(0.5 * 45)], force_best=True)
+  got = jaxprune.masks_of(state)
+  for layer, w in zip(("hidden", "out"), want):
+    np.testing.assert_array_equal(np.asarray(got[layer]["kernel"]), w)
+  updates, state = update(jax.grad(_loss)(params, train_batches[2]), state,
+                          params)
+  params = optax.apply_updates(params, updates)
+  for layer, w in zip(("hidden", "out"), want):
+    assert np.all(np.asarray(params[layer]["kernel"])[~w] == 0)
+
+  # The in-step form, from the same weights and the step's batch.
+  step_form = jaxprune.prune(optax.adam(1e-2), criterion=jaxprune.criteria.saliency,
+                             schedule=schedules.one_shot(0.5, 0))
+  _, step_state = step_form.update(
+      jax.grad(_loss)(at_event, train_batches[2]), step_form.init(at_event),
+      at_event)
+  step_masks = jaxprune.masks_of(step_state)
+  assert not all(np.array_equal(step_masks[l]["kernel"], w)
+                 for l, w in zip(("hidden", "out"), want))
