@@ -127,7 +127,7 @@ def synflow(
     ...                 'bias': jnp.array([0.0, 3.0])},
     ...           'b': {'kernel': jnp.array([[2.0], [1.0]])}}
     >>> apply_fn = lambda p, x: (jnp.maximum(x @ p['a']['kernel']
-    ...                                      + p['a']['bias'], 0)
+    ...                                      + p['a']['bias'][None], 0)
     ...                          @ p['b']['kernel'])
     >>> # R = 2 * (1 + |0|) + 1 * (1 + |3|): b's scores are 2 and 4.
     >>> jaxprune.synflow(apply_fn, params, (1,), sparsity=0.5,
