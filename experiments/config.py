@@ -55,11 +55,18 @@ class Config:
   init_batches: int = 5
   init_batch_size: int = 512
   rounds: int = 5  # SNIP-it's S: the geometric rounds after the first
+  # snip_it_during: rank by |g * w| of the train step's own batch inside the
+  # update, instead of the authors' init_batches fresh batches in
+  # evaluation mode at each event (methods.between_steps).
+  snip_it_step_gradient: bool = False
   synflow_rounds: int = 100
   # L0 gates (methods l0_constrained and l0_penalty; experiments.constrained).
   gates: str = "unit"  # unit (input neurons and filters) | weight
   drop_rate: float = 0.5  # initial d0: log_alpha ~ N(log((1 - d0) / d0), 0.01)
   input_drop_rate: float = 0.2  # d0 of an MLP's first layer (Louizos et al.)
+  # add_gates(rescale_weights=...): gated weights divided by 1 - d0 when the
+  # gates are made (Gallego-Posada et al.'s code; Louizos et al.'s does not).
+  rescale_gated_weights: bool = False
   density_target: float = 0.5  # l0_constrained: expected density <= target
   density_scope: str = "model"  # model | layer
   dual_lr: float = 1e-4

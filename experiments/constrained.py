@@ -45,8 +45,8 @@ _BASE = Config(
     dataset="mnist", model="lenet300100", steps=_MLP_EPOCHS * _EPOCH,
     batch_size=128, optimizer="adam", learning_rate=7e-4,
     gate_learning_rate=1e-2, method="l0_constrained", gates="unit",
-    dual_lr=1e-2, sparsity=0.0, log_every=50, eval_every=5 * _EPOCH,
-    checkpoint_every=0,
+    rescale_gated_weights=True, dual_lr=1e-2, sparsity=0.0, log_every=50,
+    eval_every=5 * _EPOCH, checkpoint_every=0,
 )
 
 # Gallego-Posada et al. (2022), Table 2 (MNIST, 200 epochs, 3 seeds): achieved

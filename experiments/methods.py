@@ -76,6 +76,11 @@ def _same_params(config: Config, params: Any, step: jax.Array | None = None) -> 
   return params
 
 
+def _no_event(config: Config, state, step: int, init_batch) -> Any:
+  del config, step, init_batch
+  return state
+
+
 def _no_metrics(state) -> dict:
   del state
   return {}
@@ -106,6 +111,10 @@ class Method:
     model_params: ``(config, params, step) -> params``: the params the model
       is applied with at training ``step``, or at test time if ``step`` is
       None (e.g. with the gates applied).
+    between_steps: ``(config, state, step, init_batch) -> state``: the train
+      state before update ``step`` (e.g. with masks found between steps);
+      ``init_batch(i)`` is the i-th batch of a stream of scoring batches of
+      ``config.init_batch_size``, apart from the training stream.
     train_metrics: ``state -> dict``: entries added to each logged training
       record of ``metrics.jsonl``.
     report: functions ``(state, config) -> dict`` whose entries are added to
@@ -122,6 +131,8 @@ class Method:
   shrinks: bool = False
   init_params: Callable[[Config, Any], Any] = _keep_params
   model_params: Callable[..., Any] = _same_params
+  between_steps: Callable[[Config, Any, int, Callable[[int], dict]],
+                          Any] = _no_event
   train_metrics: Callable[[Any], dict] = _no_metrics
   report: tuple[Callable[[Any, Config], dict], ...] = (_connectivity,)
   fields: tuple[str, ...] = ()
@@ -195,18 +206,62 @@ def _flipout(inner, config: Config, masks):
   )
 
 
+def _snip_it_schedule(config: Config) -> jaxprune.schedules.Schedule:
+  return jaxprune.schedules.geometric(
+      config.sparsity, config.begin_step, config.pruning_period(),
+      config.rounds)
+
+
 def _snip_it_during(inner, config: Config, masks):
-  """SNIP-it during training (Verdenius et al. 2020): one geometric round of
-  ``|g * w|`` on the step's batch every ``prune_every`` steps from
-  ``begin_step``, until ``sparsity``."""
+  """SNIP-it during training (Verdenius et al. 2020): one geometric round
+  every ``prune_every`` steps from ``begin_step``, until ``sparsity``; as
+  the authors run it, the masks are found between steps
+  (:func:`_snip_it_event`), or with ``snip_it_step_gradient`` by ``|g * w|``
+  on the step's batch inside the update."""
   del masks
+  if not config.snip_it_step_gradient:
+    return jaxprune.prune(inner)
   return jaxprune.prune(
       inner, criterion=jaxprune.criteria.saliency,
-      schedule=jaxprune.schedules.geometric(
-          config.sparsity, config.begin_step, config.pruning_period(),
-          config.rounds),
-      allocation=config.allocation, seed=config.seed,
+      schedule=_snip_it_schedule(config), allocation=config.allocation,
+      seed=config.seed,
   )
+
+
+def _snip_it_event(config: Config, state, step: int,
+                   init_batch: Callable[[int], dict]):
+  """The train state before update ``step``: SNIP-it's pruning event.
+
+  As its authors run it (unless ``config.snip_it_step_gradient``): at each
+  step of the geometric schedule the sensitivity is computed on
+  ``config.init_batches`` fresh batches (``init_batch(i)``, the i-th batch
+  of a stream of their own) with the model in evaluation mode, as before
+  training, and the round's global top of the surviving weights is kept
+  (``jaxprune.snip`` with the current masks); the new masks go into the
+  optimizer state, whose inner state is kept, and the pruned weights are
+  zeroed.
+  """
+  if config.snip_it_step_gradient:
+    return state
+  schedule = _snip_it_schedule(config)
+  if step not in schedule.steps:
+    return state
+  event = schedule.steps.index(step)
+  batches = [init_batch(event * config.init_batches + j)
+             for j in range(config.init_batches)]
+
+  def loss_fn(p, batch):
+    logits = state.apply_fn({"params": p, "batch_stats": state.batch_stats},
+                            batch["image"], train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+
+  masks = jaxprune.snip(loss_fn, state.params, batches,
+                        sparsity=schedule.sparsities[event],
+                        allocation=config.allocation,
+                        masks=jaxprune.masks_of(state.opt_state))
+  return state.replace(params=jaxprune.apply_masks(state.params, masks),
+                       opt_state=jaxprune.replace_masks(state.opt_state, masks))
 
 
 # ---------------------------------------------------------------------------
@@ -261,7 +316,7 @@ def _add_gates(config: Config, params: Any) -> Any:
     raise ValueError(f"unknown gates {config.gates!r}; expected unit or weight")
   return jaxprune.add_gates(
       params, jax.random.key(config.seed + 7919), granularity=granularity,
-      drop_rate=drop_rate,
+      drop_rate=drop_rate, rescale_weights=config.rescale_gated_weights,
   )
 
 
@@ -284,8 +339,8 @@ def _gated(transformation, fields: tuple[str, ...]) -> Method:
   return Method(
       transformation, init_params=_add_gates, model_params=_apply_gates,
       train_metrics=reports.gate_metrics, report=(_l0_report, _connectivity),
-      fields=("gates", "drop_rate", "input_drop_rate", "gate_learning_rate",
-              *fields),
+      fields=("gates", "drop_rate", "input_drop_rate", "rescale_gated_weights",
+              "gate_learning_rate", *fields),
   )
 
 
@@ -404,7 +459,10 @@ METHODS: dict[str, Method] = {
     "saliency": _with_criterion(jaxprune.criteria.saliency),
     "flipout": Method(_flipout,
                       fields=("prune_every", "rate", "flipout_p", "noise")),
-    "snip_it_during": Method(_snip_it_during, fields=("prune_every", "rounds")),
+    "snip_it_during": Method(
+        _snip_it_during, between_steps=_snip_it_event,
+        fields=("prune_every", "rounds", "snip_it_step_gradient",
+                "init_batches", "init_batch_size")),
     "l0_constrained": _gated(
         _l0_constrained, ("density_target", "density_scope", "dual_lr")),
     "l0_penalty": _gated(_l0_penalty, ("penalty",)),

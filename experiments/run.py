@@ -19,7 +19,6 @@ and each one's id are detected on Cloud TPU, SLURM and Open MPI, or given:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

@@ -149,7 +149,7 @@ def _earlier_records(path: pathlib.Path, after: int) -> list[dict]:
   return [r for _, r in kept]
 
 
-def _load_splits(config: Config):
+def load_splits(config: Config):
   """The training and test splits.  With several processes, process 0
   prepares the data set first; the others then find it prepared rather than
   prepare it into the same folder at the same time (on host-local storage
@@ -191,7 +191,7 @@ def train_and_evaluate(
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
   chief = jax.process_index() == 0  # writes the metrics, summary and plots
-  train_split, test_split = _load_splits(config)
+  train_split, test_split = load_splits(config)
   mesh = batching.data_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   manager = checkpoints.checkpoint_manager(workdir)
@@ -235,6 +235,9 @@ def train_and_evaluate(
     for step in range(first, config.steps):
       batch = batching.train_batch(train_split, config.batch_size, config.seed, step)
       batch = batching.shard(batching.process_part(batch, mesh), mesh)
+      state = method.between_steps(config, state, step, functools.partial(
+          batching.train_batch, train_split, config.init_batch_size,
+          config.seed + 1))
       state, metrics = train_step(state, batch)
       done = step + 1
       if done % config.log_every == 0 or done == config.steps:

@@ -14,6 +14,7 @@ from jaxprune._flipout import flipout_schedule
 from jaxprune._flipout import flipout_sparsity
 from jaxprune._inspect import Sparsity
 from jaxprune._inspect import masks_of
+from jaxprune._inspect import replace_masks
 from jaxprune._inspect import sparsity
 from jaxprune._l0 import Density
 from jaxprune._l0 import add_gates
@@ -92,6 +93,7 @@ __all__ = (
     "project_l11",
     "project_l21",
     "prune",
+    "replace_masks",
     "schedules",
     "sensitivity",
     "shrink",

@@ -5,7 +5,8 @@ number of weights each group keeps is a Python int, exact, and known before
 the train step is traced.
 
 - ``"global"``: one group of all prunable weights; ``round(s * N)`` of them
-  are pruned.  Each tensor keeps at least its best weight (see ``prune``).
+  are pruned (the count rule of :func:`kept_in_group`).  Each tensor keeps at
+  least its best weight (see ``prune``).
 - ``"global_topk"``: the same group and count, ranked by plain top-k with
   no floor per tensor, as in the papers' SNIP: a tensor can lose every
   weight (layer collapse).
@@ -16,7 +17,9 @@ the train step is traced.
   ``1 - s`` over all weights.
 
 In the per-tensor allocations a tensor is never emptied unless its sparsity
-is 1: at most ``n - 1`` of its ``n`` weights are pruned.
+is 1: at most ``n - 1`` of its ``n`` weights are pruned.  Likewise a global
+group keeps at least one weight while the sparsity is below 1, even where
+``round`` (half to even) would prune all ``N``, as at ``s = 1 - 0.5 / N``.
 
 Example:
   >>> from jaxprune import _allocation
@@ -83,9 +86,33 @@ def erk_densities(shapes: Sequence[Shape], density: float) -> list[float]:
     dense.update(i for i in free if raw[i] == largest)
 
 
+def kept_in_group(sparsity: float, size: int) -> int:
+  """The count rule: how many of a group's ``size`` weights are kept.
+
+  ``size - round(sparsity * size)`` (Python's round, half to even), and at
+  least one weight while ``sparsity < 1``: at ``sparsity = 1 - 0.5 / size``
+  the product is exactly ``size - 0.5``, which rounds to ``size`` when
+  ``size`` is even.  Every count in jaxprune (:func:`kept_counts`, and so
+  ``prune``, ``snip``, ``snip_it``, ``grasp``, ``synflow``; ``flipout``'s
+  target; ``snap_it``'s units) comes from here.
+
+  Example:
+    >>> from jaxprune import _allocation
+    >>> _allocation.kept_in_group(0.9, 1000), _allocation.kept_in_group(0.9995, 1000)
+    (100, 1)
+    >>> _allocation.kept_in_group(1.0, 1000)
+    0
+  """
+  kept = size - round(sparsity * size)
+  if sparsity < 1.0 and size > 0:
+    kept = max(kept, 1)
+  return kept
+
+
 def _pruned_in_tensor(sparsity: float, size: int, empty: bool) -> int:
-  """``round(sparsity * size)``, at most ``size - 1`` unless ``empty``."""
-  pruned = round(sparsity * size)
+  """``size - kept_in_group(sparsity, size)``, at most ``size - 1`` unless
+  ``empty``."""
+  pruned = size - kept_in_group(sparsity, size)
   return pruned if empty else min(pruned, size - 1)
 
 
@@ -105,13 +132,14 @@ def kept_counts(
   Raises:
     ValueError: for an unknown allocation, or a ``"global"`` sparsity below
       1 that keeps fewer weights than there are tensors (a tensor would be
-      emptied).
+      emptied).  A group whose sparsity is below 1 keeps at least one
+      weight (:func:`kept_in_group`).
   """
   check_allocation(allocation)
   sizes = [math.prod(shape) for shape in shapes]
   if allocation in GLOBAL_ALLOCATIONS:
     total = sum(sizes)
-    kept = total - round(sparsity * total)
+    kept = kept_in_group(sparsity, total)
     if allocation == "global" and sparsity < 1.0 and kept < len(sizes):
       raise ValueError(
           f"global sparsity {sparsity} keeps {kept} of {total} weights, fewer "

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune import _allocation
 from jaxprune import _checks
 from jaxprune import _inspect
 from jaxprune import _masked
@@ -185,12 +186,12 @@ def _kept_after_events(
   """Weights alive after 0, 1, 2, ... events, until the count stops changing.
 
   Each event removes ``floor(rate * alive)``, down to the target
-  ``total - round(final_sparsity * total)`` and never below one weight per
-  tensor.
+  ``total - round(final_sparsity * total)`` (at least one weight,
+  :func:`_allocation.kept_in_group`) and never below one weight per tensor.
   """
   floor = tensors
   if final_sparsity is not None:
-    target = total - round(final_sparsity * total)
+    target = _allocation.kept_in_group(final_sparsity, total)
     if target < tensors:
       raise ValueError(
           f"final_sparsity {final_sparsity} keeps {target} of {total} weights, "

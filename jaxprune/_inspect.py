@@ -56,6 +56,72 @@ def masks_of(opt_state: Any) -> Any:
   ).masks)
 
 
+def replace_masks(opt_state: Any, masks: Any) -> Any:
+  """``opt_state`` with the masks of its pruning state replaced by ``masks``.
+
+  For masks found outside the train step, between updates: SNIP-it during
+  training as its authors run it recomputes the sensitivity at each pruning
+  event on a few fresh batches with the model in evaluation mode
+  (:func:`jaxprune.snip` with the current masks is one such round), which
+  the train step's own gradient cannot give.  The inner optimizer's state
+  is kept, as the authors keep theirs; the next update zeroes the weights
+  the new masks prune (:func:`jaxprune.apply_masks` zeroes them at once).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import jaxprune
+    >>> params = {'w': jnp.array([[1.0, -2.0], [0.5, 3.0]])}
+    >>> tx = jaxprune.prune(optax.sgd(0.1))  # fixed masks, all kept
+    >>> opt_state = tx.init(params)
+    >>> loss_fn = lambda p, x: jnp.sum((x @ p['w']) ** 2)
+    >>> batches = [jnp.ones((4, 2))]  # fresh batches, evaluation mode
+    >>> masks = jaxprune.snip(loss_fn, params, batches, sparsity=0.5,
+    ...                       masks=jaxprune.masks_of(opt_state))
+    >>> opt_state = jaxprune.replace_masks(opt_state, masks)
+    >>> jaxprune.masks_of(opt_state)['w'].tolist()
+    [[False, True], [False, True]]
+    >>> updates, opt_state = tx.update(params, opt_state, params)
+    >>> optax.apply_updates(params, updates)['w'][:, 0].tolist()
+    [0.0, 0.0]
+
+  Args:
+    opt_state: an optimizer state holding one pruning state, as
+      :func:`masks_of` finds it (also inside a Flax ``TrainState``).
+    masks: booleans with the structure of the masks :func:`masks_of`
+      returns (an array of the leaf's shape for every prunable leaf,
+      ``None`` for the others).
+
+  Returns:
+    ``opt_state`` with the new masks, packed where the state packs its own.
+
+  Raises:
+    ValueError: no pruning state or more than one; masks of another
+      structure or shape.
+    TypeError: masks that are not boolean.
+  """
+  state = find_state(
+      opt_state, _is_mask_state, "replace_masks", "pruning state",
+      "a jaxprune transformation (jaxprune.prune, jaxprune.flipout)")
+  current = _packing.unpack_tree(state.masks)
+  is_none = lambda x: x is None
+  _trees.check_same_structure(
+      jax.tree.map(lambda _: 0, current, is_leaf=is_none),
+      jax.tree.map(lambda _: 0, masks, is_leaf=is_none), "the masks")
+  for old, new in zip(jax.tree.leaves(current), jax.tree.leaves(masks)):
+    if jnp.shape(new) != jnp.shape(old):
+      raise ValueError(
+          f"replace_masks: a mask has shape {jnp.shape(new)} where the "
+          f"state's has {jnp.shape(old)}")
+    if jnp.result_type(new) != jnp.bool_:
+      raise TypeError(
+          f"replace_masks: a mask has dtype {jnp.result_type(new)}; masks "
+          "are boolean")
+  replaced = state._replace(masks=_packing.packed_like(
+      jax.tree.map(jnp.asarray, masks), state.masks))
+  return jax.tree.map(lambda x: replaced if x is state else x, opt_state,
+                      is_leaf=_is_mask_state)
+
+
 def find_state(opt_state: Any, is_state, caller: str, what: str, built_with: str):
   """The one sub-state of ``opt_state`` for which ``is_state`` holds.
 

@@ -198,8 +198,26 @@ def add_gates(
     granularity: str | Callable[[_trees.Path, Any], str | None] = "weight",
     drop_rate: float | Callable[[_trees.Path, Any], float] = 0.5,
     gated: _trees.PrunablePredicate | None = None,
+    rescale_weights: bool = False,
 ) -> Any:
   """Adds a ``log_alpha`` gate parameter beside every gated leaf.
+
+  With ``rescale_weights``, every leaf a gate multiplies (and the bias of a
+  gated filter) is also divided by ``1 - d0``, its gate's initial keep
+  rate, as Gallego-Posada et al.'s code does when it creates the gates: the
+  gates shrink the weights they multiply by about that factor at
+  initialisation, and the division makes the gated network start from the
+  ungated one's scale (the weights are doubled at ``d0 = 0.5``).  Louizos
+  et al.'s code leaves the weights as they are, which is the default.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import jaxprune
+    >>> params = {'dense': {'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)}}
+    >>> gated = jaxprune.add_gates(params, jax.random.key(0), granularity='unit',
+    ...                            drop_rate=0.5, rescale_weights=True)
+    >>> gated['dense']['kernel'][0].tolist(), gated['dense']['bias'].tolist()
+    ([2.0, 2.0], [1.0, 1.0])
 
   Args:
     params: the model's params, nested dicts as Flax makes them.
@@ -215,10 +233,14 @@ def add_gates(
       0.5, and 0.2 for the input layer of an MLP.
     gated: predicate ``(path, leaf) -> bool`` of the leaves to gate; the
       default gates floating leaves with ``ndim >= 2`` (the kernels).
+    rescale_weights: divide every gated leaf, and the bias that a filter
+      gate also gates, by ``1 - d0`` (Gallego-Posada et al.); default False
+      (Louizos et al.).
 
   Returns:
     ``params`` with the ``log_alpha`` leaves added (see the module docstring
-    for where); the original leaves are unchanged.
+    for where); the original leaves are unchanged unless
+    ``rescale_weights``.
 
   Raises:
     ValueError: if no leaf is gated, a gated leaf is not in a dict or already
@@ -278,12 +300,28 @@ def add_gates(
       )
     mean = math.log((1.0 - d0) / d0)
     log_alpha = mean + 0.01 * jax.random.normal(k, gate_shape, jnp.result_type(leaf))
+    # A filter gate multiplies the bias beside its kernel too (_granularity).
+    filter_bias = (len(gate_shape) == 1 and len(np.shape(leaf)) >= 3
+                   and name == "kernel")
 
-    def insert(mapping, name=name, log_alpha=log_alpha):
-      return {**mapping, gate_key(name): log_alpha}
+    def insert(mapping, name=name, log_alpha=log_alpha, d0=d0,
+               filter_bias=filter_bias, gate_shape=gate_shape):
+      out = {**mapping, gate_key(name): log_alpha}
+      if rescale_weights:  # Gallego-Posada et al.: w / (1 - d0)
+        out[name] = _rescaled(mapping[name], d0)
+        bias = mapping.get("bias")
+        if filter_bias and bias is not None and np.shape(bias) == gate_shape:
+          out["bias"] = _rescaled(bias, d0)
+      return out
 
     params = _rebuild(params, parent, insert)
   return params
+
+
+def _rescaled(leaf: Any, d0: float) -> jax.Array:
+  """``leaf / (1 - d0)``, in the leaf's dtype."""
+  leaf = jnp.asarray(leaf)
+  return (leaf / (1.0 - d0)).astype(leaf.dtype)
 
 
 def _gate_values(params, gates, key, louizos):

@@ -18,7 +18,10 @@ weights goes through it.  This gives:
 evaluation mode (batch norm with non-negative effective scales keeps the
 argument valid only without mean subtraction, so these functions are meant
 for networks without normalization, or with it folded into the weights).
-Leaves named ``bias`` are zeroed; every other leaf is made non-negative.
+Every leaf is made non-negative.  :func:`connectivity` zeroes the leaves
+named ``bias``, so that its sums count paths alone; :func:`synflow` takes
+their absolute values, as the authors' code does (``zero_biases=True``
+zeroes them there too).
 
 References:
   Tanaka, Kunin, Yamins and Ganguli, "Pruning neural networks without any
@@ -46,12 +49,14 @@ from jaxprune import _trees
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def _positive_network(params: Any, masks: Any, unit_average: bool) -> Any:
-  """The params of the path-counting network: biases 0, the rest ``|w|``,
-  pruned weights 0 (masks hold ``None`` for unmasked leaves)."""
+def _positive_network(params: Any, masks: Any, unit_average: bool,
+                      zero_biases: bool = True) -> Any:
+  """The params of the path-counting network: biases 0 if ``zero_biases``,
+  the rest ``|w|``, pruned weights 0 (masks hold ``None`` for unmasked
+  leaves)."""
 
   def positive(path, leaf, mask):
-    if _trees.readable_path(path)[-1] == "bias":
+    if zero_biases and _trees.readable_path(path)[-1] == "bias":
       return jnp.zeros_like(leaf)
     value = jnp.abs(leaf)
     if mask is None:
@@ -68,10 +73,11 @@ def _positive_network(params: Any, masks: Any, unit_average: bool) -> Any:
       positive, params, masks, is_leaf=lambda x: x is None)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _path_scores(apply_fn, params, masks, input_shape, unit_average):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _path_scores(apply_fn, params, masks, input_shape, unit_average,
+                 zero_biases=True):
   """The total path weight ``R`` and ``w * dR/dw`` for every leaf."""
-  positive = _positive_network(params, masks, unit_average)
+  positive = _positive_network(params, masks, unit_average, zero_biases)
   x = jnp.ones((1,) + tuple(input_shape), jnp.result_type(
       *jax.tree.leaves(params)))
 
@@ -100,6 +106,7 @@ def synflow(
     rounds: int = 100,
     allocation: str = "global",
     prunable: _trees.PrunablePredicate | None = None,
+    zero_biases: bool = False,
 ) -> Any:
   """SynFlow: masks at ``sparsity`` from path scores, without data.
 
@@ -107,7 +114,31 @@ def synflow(
   ``|w| * dR/d|w|`` of the masked network at sparsity
   ``1 - (1 - sparsity) ** (k / rounds)`` (the authors' exponential
   schedule), so the last round reaches ``sparsity`` exactly (counts and ties
-  as in :func:`jaxprune.prune`).
+  as in :func:`jaxprune.prune`).  ``R`` is the sum of the outputs of the
+  network on an all-ones input with every parameter replaced by its absolute
+  value, biases included, as in the authors' code: non-zero biases (PyTorch
+  initialises them so) add to every unit's value and change the scores.
+  ``zero_biases=True`` zeroes the leaves named ``bias`` instead, so that
+  ``R`` sums the input-to-output paths alone (a deviation from the
+  authors; it is what :func:`connectivity` computes).
+
+  Example with biases (``zero_biases``: the authors' or not):
+    >>> import jax.numpy as jnp
+    >>> import jaxprune
+    >>> params = {'a': {'kernel': jnp.array([[1.0, 1.0]]),
+    ...                 'bias': jnp.array([0.0, 3.0])},
+    ...           'b': {'kernel': jnp.array([[2.0], [1.0]])}}
+    >>> apply_fn = lambda p, x: (jnp.maximum(x @ p['a']['kernel']
+    ...                                      + p['a']['bias'][None], 0)
+    ...                          @ p['b']['kernel'])
+    >>> # R = 2 * (1 + |0|) + 1 * (1 + |3|): b's scores are 2 and 4.
+    >>> jaxprune.synflow(apply_fn, params, (1,), sparsity=0.5,
+    ...                  rounds=1)['b']['kernel'].tolist()
+    [[False], [True]]
+    >>> # Biases zeroed: R = 2 * 1 + 1 * 1, b's scores are 2 and 1.
+    >>> jaxprune.synflow(apply_fn, params, (1,), sparsity=0.5, rounds=1,
+    ...                  zero_biases=True)['b']['kernel'].tolist()
+    [[True], [False]]
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -132,6 +163,9 @@ def synflow(
       which can empty a tensor), ``"layerwise"`` or ``"erk"``.
     prunable: ``(path, leaf) -> bool``; by default the floating leaves with
       ``ndim >= 2``.
+    zero_biases: zero the leaves named ``bias`` in the path-counting
+      network rather than take their absolute values (default False, the
+      authors' SynFlow).
 
   Returns:
     A tree with the structure of ``params``: a boolean array (True = kept)
@@ -162,7 +196,8 @@ def synflow(
   select = jax.jit(functools.partial(
       _masked.selected_masks, plan=plan, allocation=allocation))
   for level in range(rounds):
-    paths, scores = _path_scores(apply_fn, params, masks, input_shape, False)
+    paths, scores = _path_scores(apply_fn, params, masks, input_shape, False,
+                                 bool(zero_biases))
     if not np.isfinite(float(paths)):
       raise ValueError(
           f"{caller}: the path sum R is {float(paths)} at round {level}; "

@@ -91,9 +91,9 @@ def prune(
   Selection rules:
 
   - A group of ``n`` weights at sparsity ``s`` keeps ``n - round(s * n)``
-    (Python's round, half to even).  Groups are all prunable weights for
-    ``"global"`` and ``"global_topk"``, each tensor for ``"layerwise"`` and
-    ``"erk"``.
+    (Python's round, half to even), and at least one weight while
+    ``s < 1``.  Groups are all prunable weights for ``"global"`` and
+    ``"global_topk"``, each tensor for ``"layerwise"`` and ``"erk"``.
   - No tensor is emptied unless the sparsity is 1: in the per-tensor
     allocations a tensor keeps at least one weight; under ``"global"`` each
     tensor's best surviving weight is always kept, and a global sparsity

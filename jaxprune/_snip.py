@@ -11,6 +11,20 @@ Both return masks (True = kept) for the prunable leaves.  Training keeps them
 with ``jaxprune.prune(inner, masks=masks)``; :func:`jaxprune.apply_masks`
 zeroes the pruned weights before the first forward pass.
 
+SNIP-it during training, as its authors run it, is one :func:`snip` round
+per pruning event, on fresh batches in evaluation mode, from the current
+weights and masks, put into the optimizer state by
+:func:`jaxprune.replace_masks` (the optimizer state is kept):
+
+  for step in range(num_steps):
+    if step in schedule.steps:  # schedules.geometric(...)
+      k = schedule.sparsities[schedule.steps.index(step)]
+      masks = snip(eval_loss, params, next_five_batches, sparsity=k,
+                   masks=jaxprune.masks_of(opt_state))
+      opt_state = jaxprune.replace_masks(opt_state, masks)
+      params = jaxprune.apply_masks(params, masks)
+    ...  # the train step, with jaxprune.prune(inner) (fixed masks)
+
 Example:
   >>> import jax, jax.numpy as jnp
   >>> import jaxprune
@@ -193,7 +207,14 @@ def snip(
                           prunable, masks)
 
 
-def gradient_flow(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
+def gradient_flow(
+    loss_fn: LossFn,
+    params: Any,
+    batches: Sequence[Any],
+    *,
+    prunable: _trees.PrunablePredicate | None = None,
+    all_leaves: bool = False,
+) -> Any:
   """GraSP's keep score ``w * (H g)``, with ``g`` and ``H`` summed over batches.
 
   GraSP (Wang et al. 2020) removes the weights whose removal reduces the
@@ -203,21 +224,44 @@ def gradient_flow(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
   The authors divide the logits by a temperature (200) inside the loss: do
   that in ``loss_fn`` to follow them.
 
+  As in the authors' code, ``g`` and ``H`` are taken over the prunable
+  leaves only: ``Hg`` is the product of the prunable block of the Hessian
+  with the prunable part of the gradient, and the biases and other leaves
+  that are not pruned take no part in it (their own scores are returned
+  with the same ``Hg`` but mean nothing).  ``all_leaves=True`` takes both
+  over every leaf instead: the directions of the biases then enter ``Hg``
+  and change which weights are kept.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import jaxprune
-    >>> loss_fn = lambda p, b: 0.5 * jnp.sum(b * p['w'] ** 2)  # H = diag(b)
-    >>> jaxprune.gradient_flow(loss_fn, {'w': jnp.array([1.0, -2.0])},
-    ...                        [jnp.array([3.0, 1.0])])['w']
-    Array([9., 4.], dtype=float32)
+    >>> # L = (w1 + b)^2 / 2 + (w2 + 2b)^2 / 2: g_w = (3, -2), g_b = -1 at
+    >>> # b = 0, the weights' Hessian block is the identity.
+    >>> params = {'kernel': jnp.array([[3.0, -2.0]]), 'bias': jnp.zeros(1)}
+    >>> def loss_fn(p, batch):
+    ...   (w1, w2), b = p['kernel'][0], p['bias'][0]
+    ...   return 0.5 * (w1 + b) ** 2 + 0.5 * (w2 + 2 * b) ** 2
+    >>> jaxprune.gradient_flow(loss_fn, params, [None])['kernel']  # w * g_w
+    Array([[9., 4.]], dtype=float32)
+    >>> jaxprune.gradient_flow(loss_fn, params, [None],
+    ...                        all_leaves=True)['kernel']  # w * (g_w + H_wb g_b)
+    Array([[6., 8.]], dtype=float32)
 
   Args:
     loss_fn: ``(params, batch) -> scalar loss``.
     params: the parameter tree (floating leaves).
     batches: a non-empty sequence of batches.
+    prunable: ``(path, leaf) -> bool``, the leaves whose directions enter
+      ``g`` and ``H``; by default the floating leaves with ``ndim >= 2``.
+    all_leaves: take ``g`` and ``H`` over every leaf, the prunable ones or
+      not (not the authors' GraSP).
 
   Returns:
     A tree of float32 scores with the structure of ``params``.
+
+  Raises:
+    ValueError: no batches, or (unless ``all_leaves``) a predicate that
+      selects no leaf.
   """
   _checks.check_batches(batches, "jaxprune.gradient_flow")
   batches = list(batches)
@@ -227,6 +271,13 @@ def gradient_flow(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
   g = functools.reduce(
       lambda a, b: jax.tree.map(jnp.add, a, b),
       (grad(params, batch) for batch in batches))
+  if not all_leaves:
+    # The authors differentiate with respect to the prunable weights only:
+    # the other leaves' directions are zero in g, so Hg is H_ww g_w there.
+    flags, _ = _trees.selected_leaves(params, prunable,
+                                      "jaxprune.gradient_flow", "scored")
+    g = jax.tree.map(lambda flag, v: v if flag else jnp.zeros_like(v),
+                     flags, g)
   hg = functools.reduce(
       lambda a, b: jax.tree.map(jnp.add, a, b),
       (_hessian_vector(loss_fn)(params, batch, g) for batch in batches))
@@ -251,16 +302,35 @@ def grasp(
     allocation: str = "global",
     prunable: _trees.PrunablePredicate | None = None,
     masks: Any = None,
+    all_leaves: bool = False,
 ) -> Any:
   """GraSP: masks at ``sparsity`` that preserve the gradient flow.
 
   Keeps the weights with the highest :func:`gradient_flow` score, in one
-  shot, with the counts and tie rules of :func:`jaxprune.prune`.
+  shot, with the counts and tie rules of :func:`jaxprune.prune`.  As in the
+  authors' code, the gradient and the Hessian are taken over the prunable
+  leaves only; ``all_leaves=True`` lets the biases and every other leaf
+  enter the Hessian-gradient product (a deviation from the authors).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxprune
+    >>> params = {'kernel': jnp.array([[3.0, -2.0]]), 'bias': jnp.zeros(1)}
+    >>> def loss_fn(p, batch):  # see gradient_flow
+    ...   (w1, w2), b = p['kernel'][0], p['bias'][0]
+    ...   return 0.5 * (w1 + b) ** 2 + 0.5 * (w2 + 2 * b) ** 2
+    >>> jaxprune.grasp(loss_fn, params, [None], sparsity=0.5)['kernel'].tolist()
+    [[True, False]]
+    >>> jaxprune.grasp(loss_fn, params, [None], sparsity=0.5,
+    ...                all_leaves=True)['kernel'].tolist()
+    [[False, True]]
 
   Args:
     loss_fn, params, batches, batches_per_round, allocation, prunable, masks:
       as in :func:`snip_it`.
     sparsity: the fraction of prunable weights removed, in ``[0, 1]``.
+    all_leaves: as in :func:`gradient_flow` (default False, the authors'
+      GraSP).
 
   Returns:
     The masks, as :func:`snip_it` returns them.
@@ -270,7 +340,9 @@ def grasp(
     Preserving Gradient Flow", ICLR 2020, https://arxiv.org/abs/2002.07376
   """
   rounds = (_checks.check_sparsity(sparsity, "sparsity"),)
-  return _prune_in_rounds("jaxprune.grasp", gradient_flow, loss_fn, params,
+  score_fn = functools.partial(gradient_flow, prunable=prunable,
+                               all_leaves=all_leaves)
+  return _prune_in_rounds("jaxprune.grasp", score_fn, loss_fn, params,
                           batches, rounds, batches_per_round, allocation,
                           prunable, masks)
 

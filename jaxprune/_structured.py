@@ -242,11 +242,12 @@ def snap_it(
   hidden = _hidden(layers)
   units = {name: jnp.shape(params[name]["kernel"])[-1] for name in hidden}
   total = sum(units.values())
-  if total - round(sparsity * total) < len(hidden):
+  kept = _allocation.kept_in_group(sparsity, total)
+  if kept < len(hidden):
     raise ValueError(
-        f"{_CALLER}: node sparsity {sparsity} keeps "
-        f"{total - round(sparsity * total)} of {total} hidden units, fewer "
-        f"than the {len(hidden)} hidden layers, each of which keeps one")
+        f"{_CALLER}: node sparsity {sparsity} keeps {kept} of {total} hidden "
+        f"units, fewer than the {len(hidden)} hidden layers, each of which "
+        "keeps one")
   template = {name: jnp.zeros((n,), jnp.float32) for name, n in units.items()}
   plan = _plans.make_plan(
       template, lambda path, leaf: True, "global",

@@ -108,7 +108,11 @@ def random(params: Any, grads: Any, key: jax.Array) -> Any:
 def saliency(params: Any, grads: Any, key: jax.Array) -> Any:
   """``|g * w|``, the connection sensitivity of SNIP (Lee et al. 2019).
 
-  ``g`` is the gradient the update receives at the pruning step.
+  ``g`` is the gradient the update receives at the pruning step: that of
+  the step's one training batch, with the model in training mode.  The
+  authors of SNIP and SNIP-it sum it over several fresh batches in
+  evaluation mode instead; for their form during training see
+  :func:`jaxprune.replace_masks`.
   """
   del key
   if grads is None:

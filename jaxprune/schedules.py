@@ -268,8 +268,11 @@ def geometric(
   """SNIP-it during training: one :func:`geometric_rounds` round per event.
 
   The rounds fire at ``begin_step, begin_step + frequency, ...``; with the
-  saliency criterion, ``jaxprune.prune`` then does SNIP-it's pruning during
-  training (the optimizer state is kept).
+  saliency criterion, ``jaxprune.prune`` then prunes SNIP-it's rounds during
+  training (the optimizer state is kept), ranked by the train step's own
+  gradient.  The authors rank by the sensitivity on fresh batches in
+  evaluation mode: at these steps, :func:`jaxprune.snip` with the current
+  masks and :func:`jaxprune.replace_masks` (see its example).
 
   Example:
     >>> from jaxprune import schedules

@@ -2,11 +2,15 @@
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import jaxprune
 import reference
-from jaxprune import _allocation
+from jaxprune import _allocation, _flipout, schedules
 
 _SHAPES = [(784, 300), (300, 100), (100, 10), (5, 5, 1, 20)]
 
@@ -17,6 +21,57 @@ def test_global_prunes_round_s_n(sparsity):
   assert _allocation.kept_counts(sparsity, _SHAPES, "global") == [
       total - round(sparsity * total)
   ]
+
+
+# n = 1000 at s = 1 - 0.5 / n: s * n is exactly 999.5, which Python's round
+# (half to even) takes to 1000, pruning every weight.
+_EDGE_SHAPE, _EDGE_SPARSITY = (40, 25), 0.9995
+
+
+@pytest.mark.parametrize("allocation", _allocation.ALLOCATIONS)
+def test_a_sparsity_below_one_keeps_a_weight_at_the_half_to_even_edge(
+    allocation):
+  assert round(_EDGE_SPARSITY * 1000) == 1000  # the edge is real
+  assert _allocation.kept_in_group(_EDGE_SPARSITY, 1000) == 1
+  assert _allocation.kept_counts(
+      _EDGE_SPARSITY, [_EDGE_SHAPE], allocation) == [1]
+  assert _allocation.kept_counts(1.0, [_EDGE_SHAPE], allocation) == [0]
+  # Two tensors still cannot share one weight under "global".
+  if allocation == "global":
+    with pytest.raises(ValueError, match="emptied"):
+      _allocation.kept_counts(_EDGE_SPARSITY, [(20, 25), (20, 25)], allocation)
+
+
+@pytest.mark.parametrize("allocation", _allocation.ALLOCATIONS)
+def test_prune_keeps_one_weight_at_the_half_to_even_edge(allocation):
+  params = {"w": jax.random.normal(jax.random.key(0), _EDGE_SHAPE)}
+  tx = jaxprune.prune(optax.sgd(0.1), criterion=jaxprune.criteria.magnitude,
+                      schedule=schedules.constant(_EDGE_SPARSITY),
+                      allocation=allocation)
+  state = tx.init(params)
+  _, state = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), state,
+                                params)
+  mask = np.asarray(jaxprune.masks_of(state)["w"])
+  assert mask.sum() == 1
+  assert mask.reshape(-1)[np.argmax(np.abs(np.asarray(params["w"])))]
+
+
+def test_flipout_and_snap_it_targets_follow_the_count_rule_at_the_edge():
+  # FlipOut's final target: one weight of a 1000-weight tensor.
+  assert _flipout._kept_after_events(1000, 1, 0.5, _EDGE_SPARSITY)[-1] == 1
+  # SNAP-it: one of 1000 hidden units.
+  key = jax.random.split(jax.random.key(0), 3)
+  params = {"hidden": {"kernel": jax.random.normal(key[0], (4, 1000)),
+                       "bias": jnp.zeros(1000)},
+            "out": {"kernel": jax.random.normal(key[1], (1000, 2)),
+                    "bias": jnp.zeros(2)}}
+  def loss_fn(p, x):
+    h = jax.nn.relu(x @ p["hidden"]["kernel"] + p["hidden"]["bias"][None])
+    return jnp.mean((h @ p["out"]["kernel"] + p["out"]["bias"][None]) ** 2)
+  x = jax.random.normal(key[2], (16, 4))
+  nodes = jaxprune.snap_it(loss_fn, params, [x], sparsity=_EDGE_SPARSITY,
+                           layers=["hidden", "out"], steps=1)
+  assert int(nodes["hidden"].sum()) == 1
 
 
 def test_global_raises_rather_than_empty_a_tensor():

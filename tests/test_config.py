@@ -37,3 +37,25 @@ def test_bad_configs(name, overrides, message):
 def test_pruning_end_defaults_to_three_quarters():
   assert config.Config(steps=100).pruning_end_step() == 75
   assert config.Config(steps=100, end_step=40).pruning_end_step() == 40
+
+
+def test_the_constrained_reproduction_rescales_the_gated_weights():
+  # Gallego-Posada et al.'s code divides the weights by 1 - d0 when it
+  # makes the gates: on in every cell of experiments.constrained.
+  import jax.numpy as jnp
+  import numpy as np
+
+  from experiments import constrained, methods
+
+  cells = constrained.cells(None, [0])
+  assert cells and all(c.rescale_gated_weights for c in cells)
+  assert not config.Config().rescale_gated_weights
+  mlp = next(c for c in cells if c.model == "lenet300100")
+  params = {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)},
+            "Dense_1": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+  gated = methods.init_params(mlp, params)
+  # d0 = 0.2 for the MLP's input layer, 0.5 elsewhere.
+  np.testing.assert_allclose(gated["Dense_0"]["kernel"], 1 / 0.8, rtol=1e-6)
+  np.testing.assert_allclose(gated["Dense_1"]["kernel"], 2.0)
+  np.testing.assert_array_equal(gated["Dense_1"]["bias"], 1.0)
+  assert "log_alpha" in gated["Dense_1"]

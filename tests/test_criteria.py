@@ -1,7 +1,6 @@
 """Criteria against numpy."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

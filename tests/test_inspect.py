@@ -102,3 +102,43 @@ def test_sparsity_with_a_predicate():
 def test_sparsity_of_nothing():
   with pytest.raises(ValueError, match="counted no leaf"):
     jaxprune.sparsity({"bias": jnp.zeros(3)})
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_replace_masks_sets_the_masks_wherever_the_state_sits(packed):
+  tx = optax.chain(optax.clip(1.0), jaxprune.prune(optax.adam(0.1),
+                                                   packed_masks=packed))
+  state = tx.init(_PARAMS)
+  grads = jax.tree.map(jnp.ones_like, _PARAMS)
+  _, state = tx.update(grads, state, _PARAMS)
+  masks = {"dense": {"kernel": jnp.arange(12).reshape(3, 4) % 3 == 0,
+                     "bias": None},
+           "out": {"kernel": jnp.arange(8).reshape(4, 2) < 2}}
+  new = jaxprune.replace_masks(state, masks)
+  got = jaxprune.masks_of(new)
+  for layer in ("dense", "out"):
+    np.testing.assert_array_equal(got[layer]["kernel"], masks[layer]["kernel"])
+  stored = new[1].masks["out"]["kernel"]
+  assert isinstance(stored, jaxprune.PackedMask) == packed
+  # The inner state is kept (Adam's count and moments), and the next update
+  # zeroes what the new masks prune.
+  assert int(new[1].inner_state[0].count) == 1
+  np.testing.assert_array_equal(new[1].inner_state[0].mu["out"]["kernel"],
+                                state[1].inner_state[0].mu["out"]["kernel"])
+  updates, _ = jax.jit(tx.update)(grads, new, _PARAMS)
+  params = optax.apply_updates(_PARAMS, updates)
+  assert np.all(np.asarray(params["out"]["kernel"])[1:] == 0)
+  assert np.all(np.asarray(params["out"]["kernel"])[:1] != 0)
+
+
+def test_replace_masks_checks_its_input():
+  state = jaxprune.prune(optax.sgd(0.1)).init(_PARAMS)
+  masks = jaxprune.masks_of(state)
+  with pytest.raises(ValueError, match="no pruning state"):
+    jaxprune.replace_masks(optax.sgd(0.1).init(_PARAMS), masks)
+  with pytest.raises(ValueError, match="structure"):
+    jaxprune.replace_masks(state, {"dense": masks["dense"]})
+  with pytest.raises(ValueError, match="shape"):
+    jaxprune.replace_masks(state, {**masks, "out": {"kernel": jnp.ones((2, 4), bool)}})
+  with pytest.raises(TypeError, match="boolean"):
+    jaxprune.replace_masks(state, {**masks, "out": {"kernel": jnp.ones((4, 2))}})

@@ -107,6 +107,41 @@ def test_add_gates_draws_the_published_initialisation():
   assert np.asarray(gated["b"]["log_alpha"]).mean() == pytest.approx(0.0, abs=2e-3)
 
 
+@pytest.mark.parametrize("granularity", ["unit", "weight"])
+def test_rescale_weights_divides_what_each_gate_multiplies_by_its_keep_rate(
+    granularity):
+  # Gallego-Posada et al.: w / (1 - d0) where the gates are made, so that
+  # weights doubled at d0 = 0.5 and multiplied by gates near 0.5 start at
+  # their ungated scale.
+  rng = np.random.default_rng(0)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  params = {"Dense_0": {"kernel": f32(rng.normal(size=(6, 4))),
+                        "bias": f32(rng.normal(size=4))},
+            "Conv_0": {"kernel": f32(rng.normal(size=(3, 3, 1, 5))),
+                       "bias": f32(rng.normal(size=5))}}
+  drop = {"Dense_0": 0.2, "Conv_0": 0.5}
+  kwargs = dict(granularity=granularity,
+                drop_rate=lambda path, leaf: drop[path[0]])
+  plain = jaxprune.add_gates(params, jax.random.key(0), **kwargs)
+  scaled = jaxprune.add_gates(params, jax.random.key(0), rescale_weights=True,
+                              **kwargs)
+  for name, d0 in drop.items():
+    np.testing.assert_array_equal(plain[name]["kernel"], params[name]["kernel"])
+    np.testing.assert_allclose(scaled[name]["kernel"],
+                               np.asarray(params[name]["kernel"]) / (1 - d0),
+                               rtol=1e-6)
+    assert scaled[name]["kernel"].dtype == jnp.float32
+    np.testing.assert_array_equal(scaled[name]["log_alpha"],
+                                  plain[name]["log_alpha"])
+  # Only a filter gate multiplies the bias beside its kernel.
+  np.testing.assert_array_equal(scaled["Dense_0"]["bias"],
+                                params["Dense_0"]["bias"])
+  conv_bias = np.asarray(params["Conv_0"]["bias"])
+  np.testing.assert_allclose(
+      scaled["Conv_0"]["bias"],
+      conv_bias / 0.5 if granularity == "unit" else conv_bias, rtol=1e-6)
+
+
 def test_granularity_can_be_chosen_per_leaf():
   params = {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 4))}, "Dense_0": {"kernel": jnp.ones((8, 2))}}
   gated = jaxprune.add_gates(

@@ -25,18 +25,44 @@ def _mlp(params, x):
   return h @ params["b"]["kernel"] + params["b"]["bias"][None]
 
 
-def test_one_synflow_round_keeps_the_numpy_path_scores():
-  params = _mlp_params()
+def _one_round_numpy_masks(params, zero_biases):
   a = np.abs(np.asarray(params["a"]["kernel"], np.float64))
   b = np.abs(np.asarray(params["b"]["kernel"], np.float64))
-  # R = 1^T a b 1 (biases zeroed): score_a[i, j] = a[i, j] * sum_k b[j, k].
-  scores = [a * b.sum(axis=1)[None, :], b * a.sum(axis=0)[:, None]]
-  want = reference.keep_top_k(scores, [np.ones(s.shape, bool) for s in scores],
+  bias = 0 if zero_biases else np.abs(np.asarray(params["a"]["bias"], np.float64))
+  # R = sum(relu(1^T a + |bias_a|) b + |bias_b|), every unit active:
+  # score_a[i, j] = a[i, j] * sum_k b[j, k] and
+  # score_b[j, k] = b[j, k] * (sum_i a[i, j] + |bias_a[j]|).
+  scores = [a * b.sum(axis=1)[None, :], b * (a.sum(axis=0) + bias)[:, None]]
+  return reference.keep_top_k(scores, [np.ones(s.shape, bool) for s in scores],
                               [0, 0], [56 - round(0.75 * 56)], force_best=True)
-  masks = jaxprune.synflow(_mlp, params, (5,), sparsity=0.75, rounds=1)
+
+
+@pytest.mark.parametrize("zero_biases", [False, True])
+def test_one_synflow_round_keeps_the_numpy_path_scores(zero_biases):
+  params = _mlp_params()
+  want = _one_round_numpy_masks(params, zero_biases)
+  masks = jaxprune.synflow(_mlp, params, (5,), sparsity=0.75, rounds=1,
+                           zero_biases=zero_biases)
   np.testing.assert_array_equal(np.asarray(masks["a"]["kernel"]), want[0])
   np.testing.assert_array_equal(np.asarray(masks["b"]["kernel"]), want[1])
   assert masks["a"]["bias"] is None
+
+
+def test_synflow_takes_the_biases_absolute_values_by_default():
+  # The authors' linearisation makes every parameter |p|, biases included;
+  # with non-zero biases the masks differ from those of zeroed biases.
+  params = _mlp_params()
+  authors = _one_round_numpy_masks(params, zero_biases=False)
+  zeroed = _one_round_numpy_masks(params, zero_biases=True)
+  assert not np.array_equal(authors[1], zeroed[1])
+  masks = jaxprune.synflow(_mlp, params, (5,), sparsity=0.75, rounds=1)
+  np.testing.assert_array_equal(np.asarray(masks["b"]["kernel"]), authors[1])
+  # And over many rounds, on a network with a bias at every layer.
+  many = jaxprune.synflow(_mlp, params, (5,), sparsity=0.9, rounds=5)
+  many_zeroed = jaxprune.synflow(_mlp, params, (5,), sparsity=0.9, rounds=5,
+                                 zero_biases=True)
+  assert not all(np.array_equal(many[l]["kernel"], many_zeroed[l]["kernel"])
+                 for l in ("a", "b"))
 
 
 def test_synflow_reaches_extreme_sparsity_exactly_without_collapse():
@@ -105,3 +131,13 @@ def test_bad_input_is_named():
     jaxprune.synflow(_mlp, params, (5,), sparsity=-0.1)
   with pytest.raises(ValueError, match="masks"):
     jaxprune.connectivity(_mlp, params, {"a": None}, (5,))
+
+
+@pytest.mark.parametrize("allocation", ["global", "global_topk"])
+def test_synflow_keeps_one_weight_at_the_half_to_even_edge(allocation):
+  # 1000 weights at 1 - 0.5 / 1000: round(999.5) = 1000 would prune them all.
+  params = {"w": jax.random.normal(jax.random.key(0), (40, 25))}
+  apply_fn = lambda p, x: x @ p["w"]
+  masks = jaxprune.synflow(apply_fn, params, (40,), sparsity=0.9995,
+                           rounds=10, allocation=allocation)
+  assert int(masks["w"].sum()) == 1

@@ -96,7 +96,8 @@ def _expected_kept(sparsity, shapes, allocation):
   """Per-group kept counts from the rules, in numpy, independently."""
   sizes = [math.prod(s) for s in shapes]
   if allocation in ("global", "global_topk"):
-    return [sum(sizes) - round(sparsity * sum(sizes))]
+    kept = sum(sizes) - round(sparsity * sum(sizes))
+    return [max(kept, 1) if sparsity < 1.0 else kept]  # none only at s = 1
   if allocation == "layerwise":
     densities = [1.0 - sparsity] * len(shapes)
   else:

@@ -185,3 +185,57 @@ def test_a_snap_it_run_trains_the_shrunk_network(data_dirs, tmp_path):
   state = train.load_checkpoint(config, tmp_path)
   assert state.params["Dense_1"]["kernel"].shape == (widths["Dense_0"],
                                                      widths["Dense_1"])
+
+
+def test_snip_it_during_training_scores_fresh_batches_at_each_event(
+    data_dirs, tmp_path):
+  """SNIP-it during training as its authors run it: at each event the
+  sensitivity of the current weights on init_batches fresh batches of a
+  stream of their own, in evaluation mode; the masks go into the optimizer
+  state, and a resumed run ends where an uninterrupted one does."""
+  import jax.numpy as jnp
+  import optax
+
+  import jaxprune
+  from experiments import batching, methods
+  from experiments import state as state_lib
+
+  config = _smoke(data_dirs, method="snip_it_during", sparsity=0.9,
+                  begin_step=5, prune_every=5, rounds=1, init_batches=2,
+                  init_batch_size=32, eval_every=0)
+  train_split, _ = train.load_splits(config)
+  state = state_lib.initial_state(config, train_split)
+  init_batch = lambda i: batching.train_batch(train_split, 32, config.seed + 1, i)
+  between_steps = methods.get("snip_it_during").between_steps
+  assert between_steps(config, state, 4, init_batch) is state
+  pruned = between_steps(config, state, 10, init_batch)  # event 1
+
+  # By hand: |w * sum_b grad| of the second event's batches (2 and 3), the
+  # global top 30% with every tensor's best weight kept.
+  def loss(p, batch):
+    logits = state.apply_fn({"params": p}, batch["image"], train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+  scores = jaxprune.sensitivity(loss, state.params,
+                                [init_batch(2), init_batch(3)])
+  names = sorted(state.params)
+  flat = np.concatenate([np.asarray(scores[n]["kernel"]).ravel() for n in names])
+  kept = 266200 - round(0.7 * 266200)
+  threshold = np.sort(flat)[::-1][kept - 1]
+  masks = jaxprune.masks_of(pruned.opt_state)
+  assert sum(int(masks[n]["kernel"].sum()) for n in names) == kept
+  for n in names:
+    mask = np.asarray(masks[n]["kernel"])
+    assert np.all(np.asarray(scores[n]["kernel"])[mask] >= threshold)
+    assert np.all(np.asarray(pruned.params[n]["kernel"])[~mask] == 0)
+  assert jnp.all(pruned.params["Dense_0"]["bias"] == state.params["Dense_0"]["bias"])
+
+  summary = train.train_and_evaluate(config, tmp_path / "full", progress=False)
+  assert summary["global_sparsity"] == pytest.approx(
+      round(0.9 * 266200) / 266200)
+  half = dataclasses.replace(config, steps=10)
+  train.train_and_evaluate(half, tmp_path / "resumed", progress=False)
+  train.train_and_evaluate(config, tmp_path / "resumed", resume=True,
+                           progress=False)
+  _assert_trees_equal(train.load_checkpoint(config, tmp_path / "full"),
+                      train.load_checkpoint(config, tmp_path / "resumed"))

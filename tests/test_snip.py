@@ -280,3 +280,107 @@ def test_grasp_keeps_the_highest_gradient_flow_scores():
                               [0, 0], [45 - round(0.7 * 45)], force_best=True)
   for layer, w in zip(("hidden", "out"), want):
     np.testing.assert_array_equal(np.asarray(masks[layer]["kernel"]), w)
+
+
+@pytest.mark.parametrize("allocation", ["global", "global_topk"])
+@pytest.mark.parametrize("method", ["snip", "snip_it", "grasp"])
+def test_one_weight_is_kept_at_the_half_to_even_edge(method, allocation):
+  # 1000 weights at 1 - 0.5 / 1000: round(999.5) = 1000 would prune them all.
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(40, 25)), jnp.float32)}
+  x = jnp.asarray(rng.normal(size=(16, 40)), jnp.float32)
+  loss = lambda p, x: jnp.mean(jnp.tanh(x @ p["w"]) ** 2)
+  masks = getattr(jaxprune, method)(loss, params, [x], sparsity=0.9995,
+                                    allocation=allocation)
+  assert int(masks["w"].sum()) == 1
+
+
+def _two_weights_and_a_bias():
+  # L = (w1 + b)^2 / 2 + (w2 + 2b)^2 / 2 at w = (3, -2), b = 0, by hand:
+  # g_w = (3, -2), g_b = 3 + 2 * (-2) = -1; H_ww = I, H_wb = (1, 2).
+  params = {"kernel": jnp.array([[3.0, -2.0]]), "bias": jnp.zeros(1)}
+
+  def loss(p, batch):
+    del batch
+    (w1, w2), b = p["kernel"][0], p["bias"][0]
+    return 0.5 * (w1 + b) ** 2 + 0.5 * (w2 + 2 * b) ** 2
+
+  return params, loss
+
+
+def test_grasp_takes_g_and_h_over_the_prunable_leaves_by_default():
+  params, loss = _two_weights_and_a_bias()
+  # The authors': w * (H_ww g_w) = (3 * 3, -2 * -2) = (9, 4): keep w1.
+  got = jaxprune.gradient_flow(loss, params, [None])["kernel"]
+  np.testing.assert_allclose(np.asarray(got), [[9.0, 4.0]])
+  assert jaxprune.grasp(loss, params, [None], sparsity=0.5)[
+      "kernel"].tolist() == [[True, False]]
+  # Every leaf: w * (H_ww g_w + H_wb g_b) = (3 * (3 - 1), -2 * (-2 - 2))
+  # = (6, 8): keep w2.
+  got = jaxprune.gradient_flow(loss, params, [None], all_leaves=True)["kernel"]
+  np.testing.assert_allclose(np.asarray(got), [[6.0, 8.0]])
+  assert jaxprune.grasp(loss, params, [None], sparsity=0.5, all_leaves=True)[
+      "kernel"].tolist() == [[False, True]]
+
+
+@strict_dtypes
+def test_grasp_default_is_gradient_flow_of_the_kernels_alone():
+  # The authors' score, formulated apart: differentiate a loss whose only
+  # arguments are the kernels, the biases held fixed.
+  params, batches = _params(), _batches(2)
+  layers = ("hidden", "out")
+  kernels = {l: params[l]["kernel"] for l in layers}
+
+  def kernel_loss(k, batch):
+    return _loss({l: {"kernel": k[l], "bias": params[l]["bias"]}
+                  for l in layers}, batch)
+
+  want = jaxprune.gradient_flow(kernel_loss, kernels, batches, all_leaves=True)
+  got = jaxprune.gradient_flow(_loss, params, batches)
+  every = jaxprune.gradient_flow(_loss, params, batches, all_leaves=True)
+  for l in layers:
+    np.testing.assert_allclose(np.asarray(got[l]["kernel"]),
+                               np.asarray(want[l]), rtol=1e-5, atol=1e-7)
+  assert not np.allclose(np.asarray(every["hidden"]["kernel"]),
+                         np.asarray(want["hidden"]), rtol=1e-3)
+
+
+def test_snip_it_during_training_rescores_fresh_batches_at_an_event():
+  # The authors' SNIP-it during training: at an event the sensitivity of the
+  # current weights on fresh batches (here 5), the new masks put into the
+  # optimizer state, which is kept.  prune(criterion=saliency) ranks by the
+  # train step's own gradient instead, and keeps other weights.
+  params, train_batches, fresh = _params(), _batches(3), _batches(5, seed=7)
+  tx = jaxprune.prune(optax.adam(1e-2))
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for batch in train_batches[:2]:
+    updates, state = update(jax.grad(_loss)(params, batch), state, params)
+    params = optax.apply_updates(params, updates)
+  at_event = params
+  masks = jaxprune.snip(_loss, params, fresh, sparsity=0.5,
+                        masks=jaxprune.masks_of(state))
+  state = jaxprune.replace_masks(state, masks)
+  params = jaxprune.apply_masks(params, masks)
+  scores = jaxprune.sensitivity(_loss, params, fresh)
+  kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
+  want = reference.keep_top_k(kernels, [np.ones(k.shape, bool) for k in kernels],
+                              [0, 0], [45 - round(0.5 * 45)], force_best=True)
+  got = jaxprune.masks_of(state)
+  for layer, w in zip(("hidden", "out"), want):
+    np.testing.assert_array_equal(np.asarray(got[layer]["kernel"]), w)
+  updates, state = update(jax.grad(_loss)(params, train_batches[2]), state,
+                          params)
+  params = optax.apply_updates(params, updates)
+  for layer, w in zip(("hidden", "out"), want):
+    assert np.all(np.asarray(params[layer]["kernel"])[~w] == 0)
+
+  # The in-step form, from the same weights and the step's batch.
+  step_form = jaxprune.prune(optax.adam(1e-2), criterion=jaxprune.criteria.saliency,
+                             schedule=schedules.one_shot(0.5, 0))
+  _, step_state = step_form.update(
+      jax.grad(_loss)(at_event, train_batches[2]), step_form.init(at_event),
+      at_event)
+  step_masks = jaxprune.masks_of(step_state)
+  assert not all(np.array_equal(step_masks[l]["kernel"], w)
+                 for l, w in zip(("hidden", "out"), want))
