@@ -53,7 +53,7 @@ def test_the_constrained_reproduction_rescales_the_gated_weights():
   mlp = next(c for c in cells if c.model == "lenet300100")
   params = {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)},
             "Dense_1": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
-  gated = methods.init_params(mlp, params)
+  gated = methods.get(mlp.method).init_params(mlp, params)
   # d0 = 0.2 for the MLP's input layer, 0.5 elsewhere.
   np.testing.assert_allclose(gated["Dense_0"]["kernel"], 1 / 0.8, rtol=1e-6)
   np.testing.assert_allclose(gated["Dense_1"]["kernel"], 2.0)
