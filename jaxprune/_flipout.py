@@ -50,7 +50,6 @@ from jaxprune import _masked
 from jaxprune import _noise
 from jaxprune import _packing
 from jaxprune import _plans
-from jaxprune import _selection
 from jaxprune import _trees
 
 
@@ -415,19 +414,16 @@ def flipout(
                    plan: _plans.Plan):
     del grads
 
-    def keys_of(w, f, m):
-      score = _power(jnp.abs(w.astype(jnp.float32)), p)
-      score = score / (f.astype(jnp.float32) + 1.0)
-      return _selection.ranking_keys(score, m)
+    def score(w, f):
+      return (_power(jnp.abs(w.astype(jnp.float32)), p)
+              / (f.astype(jnp.float32) + 1.0))
 
-    return [  # computed a slice at a time where they are ranked
-        _selection.LazyKeys(keys_of, (w, f, m)) for w, f, m in zip(
-            _plans.prunable_leaves(params, plan), jax.tree.leaves(state.flips),
-            jax.tree.leaves(masks))
-    ]
+    return _masked.elementwise_keys(
+        score, masks, _plans.prunable_leaves(params, plan),
+        jax.tree.leaves(state.flips))
 
   def noisy_gradients(state: FlipOutState, grads):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    key = _masked.step_key(state)
     leaves, treedef = jax.tree.flatten(grads)
     keys = jax.random.split(key, max(len(leaves), 1))
 

@@ -100,6 +100,25 @@ def ranked_masks(keys: Sequence[Any], masks: Any, plan: _plans.Plan,
   return jax.tree.unflatten(jax.tree.structure(masks), new), nan_scores
 
 
+def elementwise_keys(score: Callable[..., jax.Array], masks: Any,
+                     *leaves: Sequence[jax.Array]) -> list[Any]:
+  """Ranking keys of ``score(*arrays)``, elementwise, for each prunable leaf:
+  ``leaves`` are lists with one array per prunable leaf (the params, their
+  gradients, ...).  The keys are computed a slice at a time where they are
+  ranked (:class:`_selection.LazyKeys`), never all at once."""
+  def keys_of(*arrays):
+    *inputs, mask = arrays
+    return _selection.ranking_keys(score(*inputs), mask)
+
+  return [_selection.LazyKeys(keys_of, (*arrays, mask)) for *arrays, mask
+          in zip(*leaves, _masks.mask_leaves(masks))]
+
+
+def step_key(state: Any) -> jax.Array:
+  """The key of this update: the state's key folded with its step."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+
+
 def score_keys(scores: Any, masks: Any, plan: _plans.Plan) -> list[Any]:
   """The ranking keys of a criterion's ``scores`` (a tree with the
   structure of the params), checked against the masks' shapes."""

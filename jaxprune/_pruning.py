@@ -32,7 +32,6 @@ from jaxprune import _checks
 from jaxprune import _inspect
 from jaxprune import _masked
 from jaxprune import _plans
-from jaxprune import _selection
 from jaxprune import _trees
 from jaxprune import criteria as criteria_lib
 from jaxprune import schedules as schedules_lib
@@ -184,8 +183,6 @@ def prune(
     raise TypeError(f"criterion must be callable, got {criterion!r}")
   per_weight = criteria_lib.per_weight_form(criterion)
   _checks.check_prunable(prunable)
-  _checks.check_seed(seed)
-  _checks.check_flag("packed_masks", packed_masks)
 
   def plan(params) -> _plans.Plan:
     return _plans.leveled_plan(params, prunable, allocation,
@@ -200,17 +197,12 @@ def prune(
     return _masked.Refresh(due, kept), {"level": jnp.maximum(level, state.level)}
 
   def ranking_keys(state: PruneState, params, grads, masks, plan: _plans.Plan):
-    if per_weight is not None:  # scored a slice at a time where ranked
-      def keys_of(w, g, m):
-        return _selection.ranking_keys(per_weight(w, g), m)
-
-      return [
-          _selection.LazyKeys(keys_of, (w, g, m)) for w, g, m in zip(
-              _plans.prunable_leaves(params, plan),
-              _plans.prunable_leaves(grads, plan), jax.tree.leaves(masks))
-      ]
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    return _masked.score_keys(criterion(params, grads, key), masks, plan)
+    if per_weight is not None:
+      return _masked.elementwise_keys(
+          per_weight, masks, _plans.prunable_leaves(params, plan),
+          _plans.prunable_leaves(grads, plan))
+    scores = criterion(params, grads, _masked.step_key(state))
+    return _masked.score_keys(scores, masks, plan)
 
   method = _masked.MaskingMethod(
       caller="jaxprune.prune",

@@ -18,9 +18,10 @@ value is shared by more weights than there are places left (at 100M float32
 scores, a few weights share almost every value, so this is the common case
 there), the tied weights are kept from the lowest flat index: a few places
 are found by one pass per place that takes the next tied index (a minimum),
-many by the same two-pass radix search over the tied weights' indices.  Every pass after
-the first is a trip of one loop, so each source of keys is traced twice
-whatever the number of passes (compile time grows with the traced code).
+many by the same two-pass radix search over the tied weights' indices.
+Every pass after the first is a trip of one loop, so each source of keys is
+traced twice whatever the number of passes (compile time grows with the
+traced code).
 On a single device, consecutive small arrays of a group are read as one run
 (their keys laid end to end, at most one chunk), so that the compiled passes
 do not grow with the number of kernels.
@@ -322,7 +323,6 @@ class _Cut(NamedTuple):
   bound: jax.Array  # int32 [groups]
   forced: jax.Array  # int32 [arrays]
   nan_counts: jax.Array  # int32 [groups]
-  max_keys: jax.Array  # uint32 [arrays], the largest key of each array
 
 
 def keep_top_k(
@@ -413,7 +413,7 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
   # keys in t's high bin.
   high_histograms = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
   max_keys = [jnp.uint32(0)] * num_arrays
-  first_max = [jnp.int32(0)] * num_arrays  # the flat index of the first
+  first_max = [jnp.int32(0)] * num_arrays  # where each array's max first is
   for source in sources:
 
     def high_pass(acc, part, source=source):
@@ -575,5 +575,4 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
       forced=(jnp.full((num_arrays,), -1, jnp.int32) if forced is None
               else forced),
       nan_counts=nan_counts,
-      max_keys=jnp.stack(max_keys),
   )
