@@ -11,7 +11,8 @@ plotting library.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import NamedTuple
 
 TIME_KINDS = ("step", "amortised", "mask_update", "compile")

@@ -36,10 +36,10 @@ import os
 import numpy as np
 
 from experiments import tfds_builders
+from experiments.idx import SHA256
 from experiments.idx import ChecksumError
 from experiments.idx import IdxFormatError
 from experiments.idx import MissingFileError
-from experiments.idx import SHA256
 from experiments.idx import check_sha256
 from experiments.idx import read_idx
 from experiments.tfds_builders import FashionMnistBuilder

@@ -3,8 +3,10 @@
 Example:
   >>> import tempfile, pathlib
   >>> from experiments import plots
-  >>> records = [{"kind": "train", "step": 10, "loss": 1.0, "accuracy": 0.5, "sparsity": 0.1},
-  ...            {"kind": "eval", "step": 10, "test_loss": 1.0, "test_accuracy": 0.6, "sparsity": 0.1}]
+  >>> records = [
+  ...     {"kind": "train", "step": 10, "loss": 1.0, "accuracy": 0.5, "sparsity": 0.1},
+  ...     {"kind": "eval", "step": 10, "test_loss": 1.0, "test_accuracy": 0.6, "sparsity": 0.1},
+  ... ]
   >>> summary = {"per_layer_sparsity": {"Dense_0/kernel": 0.1}, "config": {"name": "demo"}}
   >>> sorted(p.name for p in plots.write_plots(records, summary, pathlib.Path(tempfile.mkdtemp())))
   ['layer_sparsity.png', 'training.png']

@@ -40,7 +40,7 @@ def train_step(state, x, y):
     return state.apply_gradients(grads=grads), loss
 
 
-for step in range(300):
+for _ in range(300):
     state, loss = train_step(state, x, y)
 
 accuracy = (model.apply({"params": state.params}, x).argmax(1) == y).mean()

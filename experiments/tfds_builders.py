@@ -22,7 +22,8 @@ import logging
 import os
 import pathlib
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -203,8 +204,9 @@ def decoded(b: tfds.core.DatasetBuilder, split: str):
   training images on this project's CPU (5 s on a loaded one), paid by
   every process that loads them.  The arrays are then kept beside the
   records, in ``decoded/SPLIT.npz`` under the builder's data directory,
-  with their sha256, and later loads read them (0.2 s, digest included).  A kept file that does not match its digest or the
-  split's size is read again from the records and replaced.
+  with their sha256, and later loads read them (0.2 s, digest included).
+  A kept file that does not match its digest or the split's size is read
+  again from the records and replaced.
   """
   source = b.as_data_source(split=split)
   if not os.path.isdir(b.data_dir):  # records not on disk (tfds mock data)

@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import optax
 import tqdm
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 from experiments import batching
 from experiments import checkpoints
@@ -60,7 +61,8 @@ from experiments import plots
 from experiments import reports
 from experiments.checkpoints import CheckpointError
 from experiments.checkpoints import load_checkpoint
-from experiments.config import Config, to_dict
+from experiments.config import Config
+from experiments.config import to_dict
 from experiments.state import TrainState
 from experiments.state import initial_state
 

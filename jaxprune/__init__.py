@@ -2,6 +2,9 @@
 
 from jaxprune import criteria
 from jaxprune import schedules
+from jaxprune._balls import l1_ball_projection
+from jaxprune._balls import l11_ball_projection
+from jaxprune._balls import l21_ball_projection
 from jaxprune._constraints import DualAscentState
 from jaxprune._constraints import density_constraint
 from jaxprune._constraints import dual_ascent
@@ -24,19 +27,16 @@ from jaxprune._l0 import expected_density
 from jaxprune._l0 import expected_l0
 from jaxprune._l0 import gate_labels
 from jaxprune._l0 import hard_masks
+from jaxprune._masks import apply_masks
+from jaxprune._packing import PackedMask
 from jaxprune._paths import Connectivity
 from jaxprune._paths import connectivity
-from jaxprune._packing import PackedMask
 from jaxprune._paths import synflow
-from jaxprune._balls import l11_ball_projection
-from jaxprune._balls import l1_ball_projection
-from jaxprune._balls import l21_ball_projection
 from jaxprune._projections import ProjectionState
 from jaxprune._projections import project_l1
 from jaxprune._projections import project_l11
 from jaxprune._projections import project_l21
 from jaxprune._pruning import PruneState
-from jaxprune._masks import apply_masks
 from jaxprune._pruning import prune
 from jaxprune._snip import gradient_flow
 from jaxprune._snip import grasp
@@ -50,7 +50,7 @@ from jaxprune._structured import shrink
 from jaxprune._structured import snap_it
 from jaxprune._train_state import TrainState
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 __all__ = (
     "Connectivity",

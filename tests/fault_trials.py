@@ -174,6 +174,7 @@ def run(trials: int, seed: int, root: pathlib.Path, overrides=OVERRIDES,
       metrics log differ from the reference's.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
 

@@ -10,9 +10,9 @@ def keep_top_k(scores, alive, group_ids, kept, force_best=False):
 
   Order: forced entries first, then surviving before pruned, then higher
   score (NaN below -inf; pruned entries all equal), then lower flat index
-  within the group (arrays laid end to end in the order given).  With ``force_best`` the first surviving
-  entry of highest score in every array is forced; forced entries rank
-  equal among themselves.
+  within the group (arrays laid end to end in the order given).  With
+  ``force_best`` the first surviving entry of highest score in every array
+  is forced; forced entries rank equal among themselves.
   """
   scores = [np.asarray(s, np.float32).astype(np.float64) for s in scores]
   alive = [np.asarray(a, bool) for a in alive]

@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 
 import jaxprune
-import reference
-from jaxprune import _allocation, _flipout, schedules
+from jaxprune import _allocation
+from jaxprune import _flipout
+from jaxprune import schedules
 
 _SHAPES = [(784, 300), (300, 100), (100, 10), (5, 5, 1, 20)]
 

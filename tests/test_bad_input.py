@@ -19,7 +19,8 @@ import optax
 import pytest
 
 import jaxprune
-from jaxprune import criteria, schedules
+from jaxprune import criteria
+from jaxprune import schedules
 
 
 def _params():

@@ -45,7 +45,8 @@ def test_the_constrained_reproduction_rescales_the_gated_weights():
   import jax.numpy as jnp
   import numpy as np
 
-  from experiments import constrained, methods
+  from experiments import constrained
+  from experiments import methods
 
   cells = constrained.cells(None, [0])
   assert cells and all(c.rescale_gated_weights for c in cells)

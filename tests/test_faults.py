@@ -6,12 +6,12 @@ import json
 import re
 import shutil
 
+import fault_trials
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import fault_trials
 from experiments import config as config_lib
 from experiments import state as state_lib
 from experiments import train

@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import jaxprune
 import reference
 import stepping
-from test_optimizers import _OPTIMIZERS, _STEPS, _train
+from test_optimizers import _OPTIMIZERS
+from test_optimizers import _STEPS
+from test_optimizers import _train
+
+import jaxprune
 
 _NEVER = 2**31 - 1  # a prune_every that never comes
 

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 import jaxprune
-from jaxprune import criteria, schedules
+from jaxprune import criteria
+from jaxprune import schedules
 
 _PARAMS = {
     "dense": {"kernel": jnp.arange(1.0, 13.0).reshape(3, 4), "bias": jnp.ones(4)},

@@ -184,7 +184,8 @@ def _numpy_gated(params, gates):
   out = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
   for layer in ("unstructured", "dense", "conv"):
     out[layer].pop("log_alpha")
-  out["unstructured"]["kernel"] = np.asarray(params["unstructured"]["kernel"]) * gates["unstructured"]
+  out["unstructured"]["kernel"] = (
+      np.asarray(params["unstructured"]["kernel"]) * gates["unstructured"])
   out["dense"]["kernel"] = np.asarray(params["dense"]["kernel"]) * gates["dense"][:, None]
   out["conv"]["kernel"] = np.asarray(params["conv"]["kernel"]) * gates["conv"]
   out["conv"]["bias"] = np.asarray(params["conv"]["bias"]) * gates["conv"]

@@ -8,7 +8,8 @@ import optax
 import pytest
 
 import jaxprune
-from jaxprune import criteria, schedules
+from jaxprune import criteria
+from jaxprune import schedules
 
 _STEPS = 200
 _SCHEDULE = schedules.polynomial(0.8, begin_step=0, end_step=150, frequency=25)

@@ -10,7 +10,8 @@ import pytest
 
 import jaxprune
 from jaxprune import _packing
-from jaxprune import criteria, schedules
+from jaxprune import criteria
+from jaxprune import schedules
 
 _SHAPES = [(1,), (7,), (8,), (13,), (5, 9), (3, 4, 16), (2, 3, 3, 17)]
 
@@ -46,7 +47,7 @@ def _train(tx, params, steps=9):
   state = tx.init(params)
   step = jax.jit(tx.update)
   for t in range(steps):
-    grads = jax.tree.map(lambda p: jnp.sin(p * (t + 1)), params)
+    grads = jax.tree.map(lambda p, t=t: jnp.sin(p * (t + 1)), params)
     updates, state = step(grads, state, params)
     params = optax.apply_updates(params, updates)
   return params, state

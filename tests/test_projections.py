@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import stepping
 
 import jaxprune
-import stepping
 from jaxprune import _thresholds
 
 _PROJECTIONS = {  # by name: (x, radius, axis) -> projection

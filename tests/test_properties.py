@@ -28,10 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 
 import jaxprune
-import reference
-from jaxprune import criteria, schedules
+from jaxprune import criteria
+from jaxprune import schedules
 
 # Few distinct values, so that ties are common in the first ranking.
 _VALUES = np.array([-2.0, -1.0, 0.5, 1.0, 3.0], np.float32)

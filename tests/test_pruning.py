@@ -8,11 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import jaxprune
 import reference
 import stepping
-from jaxprune import _selection, criteria, schedules
+
+import jaxprune
+from jaxprune import _selection
+from jaxprune import criteria
+from jaxprune import schedules
 
 
 def _params(seed=0, dtype=np.float32):
@@ -373,7 +375,7 @@ def test_per_weight_scores_give_the_masks_of_whole_tree_scores(criterion, alloca
     tx = jaxprune.prune(optax.sgd(0.1), criterion=c, allocation=allocation,
                         schedule=schedules.one_shot(0.7, 0))
     with mock.patch.object(_selection, "_CHUNK", 64):
-      _, state = jax.jit(lambda g, s, p: tx.update(g, s, p))(
+      _, state = jax.jit(tx.update)(
           grads, tx.init(params), params)
     masks.append(_kernels(jaxprune.masks_of(state)))
   scores = _kernels(criterion(params, grads, None))

@@ -197,7 +197,8 @@ def test_snip_it_during_training_scores_fresh_batches_at_each_event(
   import optax
 
   import jaxprune
-  from experiments import batching, methods
+  from experiments import batching
+  from experiments import methods
   from experiments import state as state_lib
 
   config = _smoke(data_dirs, method="snip_it_during", sparsity=0.9,

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import reference
+
 from jaxprune import _selection
 
 pytestmark = pytest.mark.usefixtures("strict_dtypes")

@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec
+import transforms
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 import jaxprune
-import transforms
 from jaxprune import _packing
 
 _DEVICES = 8

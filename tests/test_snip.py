@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 
 import jaxprune
-import reference
 from jaxprune import schedules
 
 strict_dtypes = pytest.mark.usefixtures("strict_dtypes")

@@ -8,7 +8,8 @@ import optax
 from flax.training import train_state
 
 import jaxprune
-from jaxprune import criteria, schedules
+from jaxprune import criteria
+from jaxprune import schedules
 
 
 def test_train_state_exposes_masks_and_keeps_pruned_weights_zero():

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import transforms
 
 import jaxprune
-import transforms
 
 # Projected gradient keeps no mask: under Adam every weight moves by about the
 # learning rate at each step, refilling the zeros, so after the few Adam steps
@@ -138,7 +138,7 @@ def test_gated_steps_compile_once_keep_dtypes_and_lower_the_density(make_gated):
     params = _gated_params(dtype)
     before = float(jaxprune.expected_density(params).model)
     state = tx.init(params)
-    step = jax.jit(lambda p, s, t: tx.update(_grads(p, t), s, p))
+    step = jax.jit(lambda p, s, t, tx=tx: tx.update(_grads(p, t), s, p))
     for t in range(6):
       updates, new_state = step(params, state, jnp.asarray(t, jnp.float32))
       assert _signature(updates) == _signature(params)

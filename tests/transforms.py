@@ -9,7 +9,8 @@ import numpy as np
 import optax
 
 import jaxprune
-from jaxprune import criteria, schedules
+from jaxprune import criteria
+from jaxprune import schedules
 
 SCHEDULE = schedules.polynomial(0.75, begin_step=0, end_step=4, frequency=2)
 
