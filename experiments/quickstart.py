@@ -47,5 +47,4 @@ accuracy = (model.apply({"params": state.params}, x).argmax(1) == y).mean()
 report = jaxprune.sparsity(state.masks)
 print(f"loss {loss:.3f}  train accuracy {accuracy:.3f}  "
       f"sparsity {report.global_sparsity:.3f}")
-for name, layer in report.per_leaf.items():
-    print(f"  {name}/kernel sparsity {layer['kernel']:.3f}")
+print(report)

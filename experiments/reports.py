@@ -120,14 +120,9 @@ def connectivity_report(state: jaxprune.TrainState,
   }
 
 
-def _layer_name(path) -> str:
-  return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
 def per_layer_sparsity(report: jaxprune.Sparsity) -> dict[str, float]:
   """The sparsity of each leaf, by its path (``Dense_0/kernel``)."""
-  flat = jax.tree_util.tree_flatten_with_path(report.per_leaf)[0]
-  return {_layer_name(path): float(v) for path, v in flat}
+  return {name: float(v) for name, v in report.per_leaf.items()}
 
 
 def widths(params: Any) -> dict[str, int]:

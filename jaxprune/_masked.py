@@ -56,6 +56,7 @@ from jax import lax
 
 from jaxprune import _checks
 from jaxprune import _masks
+from jaxprune import _nnx
 from jaxprune import _packing
 from jaxprune import _plans
 from jaxprune import _selection
@@ -238,16 +239,20 @@ def masked(
   counts_nan = "nan_scores" in method.state_type._fields
 
   def init_fn(params):
-    plan = method.plan(params)
-    _plans.check_finite(params, plan, method.caller)
-    start = (_masks.all_kept(plan, params) if masks is None else
-             _masks.checked_initial_masks(masks, params, plan, method.caller))
+    # Under nnx.Optimizer, init sees the params in their nnx.Param wrappers
+    # and update without them: the masks and the method's fields are made
+    # from the bare values, so that both see the same trees.
+    values = _nnx.without_variables(params)
+    plan = method.plan(values)
+    _plans.check_finite(values, plan, method.caller)
+    start = (_masks.all_kept(plan, values) if masks is None else
+             _masks.checked_initial_masks(masks, values, plan, method.caller))
     fields = dict(
         step=jnp.zeros((), jnp.int32),
-        masks=_packing.pack_tree(start, params) if packed_masks else start,
+        masks=_packing.pack_tree(start, values) if packed_masks else start,
         key=jax.random.key_data(jax.random.key(seed)),
         inner_state=inner.init(params),
-        **method.init_fields(params, plan),
+        **method.init_fields(values, plan),
     )
     if counts_nan:
       fields["nan_scores"] = jnp.zeros((), jnp.int32)

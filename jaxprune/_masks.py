@@ -22,7 +22,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from jaxprune import _nnx
 from jaxprune import _plans
 from jaxprune import _sharding
 from jaxprune import _trees
@@ -66,7 +68,9 @@ def check_masks(params: Any, masks: Any, plan: _plans.Plan,
 def checked_initial_masks(masks: Any, params: Any, plan: _plans.Plan,
                           caller: str) -> Any:
   """The user's initial masks, checked against the params, as boolean
-  arrays placed (sharded) as their params are."""
+  arrays placed (sharded) as their params are.  Masks in the plain form of
+  a Flax NNX state are put in the structure of the params' ``nnx.State``."""
+  masks = _nnx.conformed(masks, params, f"the masks given to {caller}")
   check_masks(params, masks, plan, what=(
       f"the masks given to {caller} (a boolean array for every prunable leaf, "
       "None for the others)"))
@@ -113,17 +117,37 @@ def apply_masks(params: Any, masks: Any) -> Any:
     >>> jaxprune.apply_masks(params, masks)['w']
     Array([1., 0., 3.], dtype=float32)
 
+  With Flax NNX, an ``nnx.State`` gives an ``nnx.State``, and a module is
+  changed in place:
+
+    >>> from flax import nnx
+    >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    >>> jaxprune.apply_masks(model, {'kernel': jnp.array([[True], [False]]),
+    ...                              'bias': None})
+    >>> float(model.kernel[1, 0])
+    0.0
+
   Args:
-    params: the parameter tree.
+    params: the parameter tree: a Linen params dict, an ``nnx.State`` (e.g.
+      ``nnx.state(model, nnx.Param)``) or its pure-dict form, or an
+      ``nnx.Module``, whose ``nnx.Param`` values are replaced in place.
     masks: a tree with the structure of ``params``: a boolean array of the
       leaf's shape (True = kept) or ``None`` (not pruned) for every leaf, as
-      :func:`jaxprune.masks_of` and :func:`jaxprune.snip` return.
+      :func:`jaxprune.masks_of` and :func:`jaxprune.snip` return (for NNX,
+      nested dicts as ``nnx.State.to_pure_dict()`` gives them, or a state).
+
+  Returns:
+    The masked params, of the type given; ``None`` for a module.
 
   Raises:
     ValueError: if the trees or a leaf's shape do not match.
     TypeError: if a mask is not boolean (a float "mask" of 0.2 would keep
       every weight).
   """
+  if isinstance(params, nnx.Module):
+    nnx.update(params, apply_masks(nnx.state(params, nnx.Param), masks))
+    return None
+  masks = _nnx.conformed(masks, params, "the masks")
   _trees.check_same_structure(
       jax.tree.map(lambda _: 0, params), jax.tree.map(
           lambda m: 0, masks, is_leaf=_is_none), "the masks")

@@ -2,7 +2,8 @@
 
 A *prunable predicate* is a function ``(path, leaf) -> bool`` in the manner
 of Flax's filters; ``path`` is a tuple of the dict keys, attribute names and
-sequence indices that lead to the leaf, e.g. ``('Dense_0', 'kernel')``.
+sequence indices that lead to the leaf, e.g. ``('Dense_0', 'kernel')``, the
+same for Linen params and for Flax NNX states (no Variable suffix).
 
 Example:
   >>> import jax.numpy as jnp
@@ -45,7 +46,17 @@ def _key_name(entry: Any) -> Hashable:
 
 
 def readable_path(path: tuple[Any, ...]) -> Path:
-  """Turns a JAX key path into a tuple of plain keys, names and indices."""
+  """Turns a JAX key path into a tuple of plain keys, names and indices.
+
+  The ``.value`` attribute that ends the path of a leaf held in a Flax NNX
+  Variable (``nnx.Param``, or the ``OptVariable`` of an ``nnx.Optimizer``
+  state) is dropped, so a prunable predicate sees the same path for a Linen
+  params dict and for ``nnx.state(model, nnx.Param)``:
+  ``('Dense_0', 'kernel')``, ``('layers', 0, 'kernel')``.
+  """
+  if (path and isinstance(path[-1], jax.tree_util.GetAttrKey)
+      and path[-1].name == "value"):
+    path = path[:-1]
   return tuple(_key_name(entry) for entry in path)
 
 
@@ -163,7 +174,7 @@ def check_same_structure(expected: Any, actual: Any, what: str) -> None:
   actual_def = jax.tree.structure(actual)
   if expected_def != actual_def:
     raise ValueError(
-        f"{what} does not have the structure of the params.\n"
+        f"the structure of {what} is not that of the params.\n"
         f"  expected: {expected_def}\n  got:      {actual_def}"
     )
 

@@ -85,12 +85,15 @@ def test_sparsity_of_params_and_masks_against_numpy():
   assert float(report.global_sparsity) == pytest.approx(want)
   assert float(report.per_leaf["a"]) == pytest.approx((a == 0).mean())
   assert float(report.per_leaf["b"]) == pytest.approx((b == 0).mean())
-  assert report.per_leaf["bias"] is None
+  assert list(report.per_leaf) == ["a", "b"]
 
   masks = {"a": jnp.asarray(a != 0), "b": jnp.asarray(b != 0), "bias": None}
   from_masks = jaxprune.sparsity(masks)
   assert float(from_masks.global_sparsity) == pytest.approx(want)
-  assert from_masks.per_leaf["bias"] is None
+  assert list(from_masks.per_leaf) == ["a", "b"]
+  assert str(from_masks).splitlines() == [
+      f"global  {want:7.2%}", f"a       {(a == 0).mean():7.2%}",
+      f"b       {(b == 0).mean():7.2%}"]
 
 
 def test_sparsity_with_a_predicate():

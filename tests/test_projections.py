@@ -639,7 +639,7 @@ def test_bad_params_at_init_and_update(kind):
   tx = make(1.0)
   with pytest.raises(ValueError, match=f"{kind} needs the current params"):
     tx.update(params, tx.init(params))
-  with pytest.raises(ValueError, match="updates tree does not have the structure"):
+  with pytest.raises(ValueError, match="structure of the updates tree is not that"):
     tx.update({"a": params["a"]}, tx.init(params), params)
   with pytest.raises(ValueError, match="masks in the optimizer state"):
     tx.update(params, tx.init({"w": jnp.ones((3, 3))}), params)

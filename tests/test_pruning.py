@@ -339,7 +339,7 @@ def test_gradients_that_do_not_match_params():
   tx = _tx()
   state = tx.init(params)
   grads = {k: v for k, v in params.items() if k != "conv"}
-  with pytest.raises(ValueError, match="updates .* does not have the structure"):
+  with pytest.raises(ValueError, match="structure of the updates .* is not that"):
     tx.update(grads, state, params)
 
 

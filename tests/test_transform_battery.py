@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 import transforms
+from flax import nnx
 
 import jaxprune
 
@@ -33,7 +34,9 @@ def _grads(params, t):
 
 
 def _signature(tree):
-  return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+  """The tree's structure and its leaves' shapes and dtypes."""
+  return jax.tree.structure(tree), [
+      (jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(tree)]
 
 
 @pytest.fixture(params=list(transforms.MASKED))
@@ -165,3 +168,64 @@ def test_gated_state_passes_through_scan_cond_and_inject_hyperparams(make_gated)
   for name in ("a", "b"):
     la = np.asarray(scanned[name]["log_alpha"])
     assert np.all((la >= low - 1e-6) & (la <= high + 1e-6))
+
+
+# --- the same rows under Flax NNX's nnx.Optimizer ---------------------------
+
+class _NnxModel(nnx.Module):
+  """The NNX counterpart of ``_params()``: ``a`` a dense layer, ``b`` a conv
+  kernel without bias, holding the same values."""
+
+  def __init__(self):
+    rngs = nnx.Rngs(0)
+    self.a = nnx.Linear(6, 5, rngs=rngs)
+    self.b = nnx.Conv(2, 4, kernel_size=(3, 3), use_bias=False, rngs=rngs)
+    state = nnx.state(self, nnx.Param)
+    nnx.replace_by_pure_dict(state, _params())
+    nnx.update(self, state)
+
+
+@pytest.fixture(params=list(transforms.MASKED))
+def make_nnx(request):
+  row = transforms.MASKED[request.param]
+  # The rows see the plain form, as a user's masks from jaxprune.snip on an
+  # NNX model would be.
+  return lambda inner: row(inner, nnx.to_pure_dict(nnx.state(_NnxModel(), nnx.Param)))
+
+
+def test_nnx_optimizer_matches_the_functional_steps_and_compiles_once(make_nnx):
+  model = _NnxModel()
+  optimizer = nnx.Optimizer(model, make_nnx(optax.adam(1e-2)), wrt=nnx.Param)
+  traces = []
+
+  @nnx.jit
+  def step(model, optimizer, t):
+    traces.append(None)
+    params = nnx.state(model, nnx.Param)
+    optimizer.update(model, jax.tree.map(
+        lambda p: jnp.cos(p * (t + 1)).astype(p.dtype), params))
+
+  tx = make_nnx(optax.adam(1e-2))
+  params = _params()
+  state = tx.init(params)
+  functional_step = jax.jit(tx.update)
+  for t in range(6):
+    step(model, optimizer, jnp.asarray(t, jnp.float32))
+    updates, state = functional_step(_grads(params, t), state, params)
+    params = optax.apply_updates(params, updates)
+  assert len(traces) == 1
+
+  got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  masks = jaxprune.masks_of(optimizer)
+  assert jax.tree.structure(masks, is_leaf=lambda x: x is None) == (
+      jax.tree.structure(jaxprune.masks_of(state), is_leaf=lambda x: x is None))
+  for name in ("a", "b"):
+    mask = masks[name]["kernel"]
+    assert mask.dtype == jnp.bool_
+    np.testing.assert_array_equal(mask, jaxprune.masks_of(state)[name]["kernel"])
+    assert np.all(np.asarray(got[name]["kernel"])[~np.asarray(mask)] == 0)
+  assert masks["a"]["bias"] is None
+  assert float(jaxprune.sparsity(model).global_sparsity) == pytest.approx(
+      float(jaxprune.sparsity(params).global_sparsity))

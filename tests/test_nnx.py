@@ -1,0 +1,148 @@
+"""Flax NNX at every boundary: the same paths, masks and results as Linen."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxprune
+from jaxprune import criteria
+from jaxprune import schedules
+
+
+class _Mlp(nnx.Module):
+
+  def __init__(self, rngs):
+    self.layers = nnx.List([nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)])
+    self.norm = nnx.BatchNorm(8, rngs=rngs)
+
+  def __call__(self, x):
+    return self.layers[1](self.norm(nnx.relu(self.layers[0](x))))
+
+
+class _LinenMlp(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(nn.BatchNorm(use_running_average=True)(nn.relu(nn.Dense(8)(x))))
+
+
+def _data():
+  x = jax.random.normal(jax.random.key(0), (16, 4))
+  return x, jnp.arange(16) % 3
+
+
+@nnx.jit
+def _step(model, optimizer, x, y):
+  def loss_fn(model):
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+  optimizer.update(model, nnx.grad(loss_fn)(model))
+
+
+def _kernels_zero_where_pruned(model, masks):
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  for i in (0, 1):
+    kernel = np.asarray(params["layers"][i]["kernel"])
+    assert np.all(kernel[~np.asarray(masks["layers"][i]["kernel"])] == 0)
+
+
+def test_the_prunable_predicate_sees_the_same_paths_as_with_linen():
+  seen_nnx, seen_linen = [], []
+  tx = lambda seen: jaxprune.prune(
+      optax.sgd(0.1), criterion=criteria.magnitude,
+      schedule=schedules.one_shot(0.5, 0),
+      prunable=lambda path, leaf: seen.append(path) or path[-1] == "kernel")
+  nnx.Optimizer(_Mlp(nnx.Rngs(0)), tx(seen_nnx), wrt=nnx.Param)
+  linen = _LinenMlp().init(jax.random.key(0), jnp.ones((1, 4)))["params"]
+  tx(seen_linen).init(linen)
+  assert seen_nnx == [("layers", 0, "bias"), ("layers", 0, "kernel"),
+                      ("layers", 1, "bias"), ("layers", 1, "kernel"),
+                      ("norm", "bias"), ("norm", "scale")]
+  assert seen_linen == [("BatchNorm_0", "bias"), ("BatchNorm_0", "scale"),
+                        ("Dense_0", "bias"), ("Dense_0", "kernel"),
+                        ("Dense_1", "bias"), ("Dense_1", "kernel")]
+
+
+def test_masks_of_an_nnx_optimizer_are_plain_booleans_and_prune_the_model():
+  model = _Mlp(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, jaxprune.prune(
+      optax.adam(1e-2), criterion=criteria.magnitude,
+      schedule=schedules.one_shot(0.75, 2)), wrt=nnx.Param)
+  x, y = _data()
+  for _ in range(4):
+    _step(model, optimizer, x, y)
+  masks = jaxprune.masks_of(optimizer)
+  assert masks["norm"] == {"bias": None, "scale": None}
+  assert masks["layers"][0]["bias"] is None
+  kept = [int(masks["layers"][i]["kernel"].sum()) for i in (0, 1)]
+  assert sum(kept) == 56 - round(0.75 * 56)
+  assert all(type(m) is type(jnp.zeros(1)) for m in jax.tree.leaves(masks))
+  _kernels_zero_where_pruned(model, masks)
+  report = jaxprune.sparsity(model)
+  assert list(report.per_leaf) == ["layers/0/kernel", "layers/1/kernel"]
+  assert float(report.global_sparsity) == pytest.approx(
+      float(jaxprune.sparsity(masks).global_sparsity))
+
+
+def test_fixed_masks_in_plain_form_train_an_nnx_model():
+  model = _Mlp(nnx.Rngs(1))
+  masks = jax.tree.map(
+      lambda p: jnp.arange(p.size).reshape(p.shape) % 3 == 0 if p.ndim == 2 else None,
+      nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  optimizer = nnx.Optimizer(model, jaxprune.prune(optax.sgd(0.1), masks=masks),
+                            wrt=nnx.Param)
+  x, y = _data()
+  _step(model, optimizer, x, y)
+  _kernels_zero_where_pruned(model, masks)
+  for got, want in zip(jax.tree.leaves(jaxprune.masks_of(optimizer)),
+                       jax.tree.leaves(masks), strict=True):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_replace_masks_on_an_nnx_optimizer_keeps_training():
+  model = _Mlp(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, jaxprune.prune(
+      optax.adam(1e-2), criterion=criteria.magnitude,
+      schedule=schedules.one_shot(0.5, 0), packed_masks=True), wrt=nnx.Param)
+  x, y = _data()
+  _step(model, optimizer, x, y)
+  masks = jax.tree.map(lambda m: m.at[0].set(False), jaxprune.masks_of(optimizer))
+  assert jaxprune.replace_masks(optimizer, masks) is None
+  _step(model, optimizer, x, y)
+  for got, want in zip(jax.tree.leaves(jaxprune.masks_of(optimizer)),
+                       jax.tree.leaves(masks), strict=True):
+    np.testing.assert_array_equal(got, want)
+  _kernels_zero_where_pruned(model, masks)
+
+
+def test_apply_masks_to_a_state_and_to_a_module():
+  model = _Mlp(nnx.Rngs(0))
+  state = nnx.state(model, nnx.Param)
+  masks = jax.tree.map(lambda p: p < 0 if p.ndim == 2 else None,
+                       nnx.to_pure_dict(state))
+  masked = jaxprune.apply_masks(state, masks)
+  assert isinstance(masked, nnx.State)
+  want = jax.tree.map(lambda p, m: p if m is None else jnp.where(m, p, 0),
+                      nnx.to_pure_dict(state), masks)
+  for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(masked)), jax.tree.leaves(want),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert jaxprune.apply_masks(model, masks) is None
+  for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+                  jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_masks_missing_a_leaf_are_refused_naming_it():
+  model = _Mlp(nnx.Rngs(0))
+  masks = jax.tree.map(lambda p: p > 0 if p.ndim == 2 else None,
+                       nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  del masks["norm"]
+  with pytest.raises(ValueError, match="missing norm/bias, norm/scale"):
+    jaxprune.apply_masks(model, masks)
+  with pytest.raises(ValueError, match="given to jaxprune.prune .*missing norm/bias"):
+    nnx.Optimizer(model, jaxprune.prune(optax.sgd(0.1), masks=masks), wrt=nnx.Param)
