@@ -77,6 +77,16 @@ def test_python_blocks_run_in_order(page):
     del sys.modules[module.__name__]
 
 
+def test_sharding_page_runs_on_8_devices():
+  code = "\n".join(_blocks(_DOCS / "guides" / "sharding.md"))
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                      + " --xla_force_host_platform_device_count=8").strip()
+  code = "import jax\nassert jax.device_count() == 8\n" + code
+  subprocess.run([sys.executable, "-c", code], cwd=_ROOT, env=env,
+                 capture_output=True, text=True, timeout=300, check=True)
+
+
 def test_api_reference_names_every_public_name():
   missing = _public_names() - _reference_entries()
   assert not missing, f"no '::: NAME' entry in docs/api.md for {sorted(missing)}"
