@@ -124,7 +124,9 @@ def synflow(
   ``R`` sums the input-to-output paths alone (a deviation from the
   authors; it is what :func:`connectivity` computes).
 
-  Example with biases (``zero_biases``: the authors' or not):
+  Example:
+    Biases, as the authors count them or zeroed (``zero_biases``):
+
     >>> import jax.numpy as jnp
     >>> import jaxprune
     >>> params = {'a': {'kernel': jnp.array([[1.0, 1.0]]),
@@ -142,7 +144,8 @@ def synflow(
     ...                  zero_biases=True)['b']['kernel'].tolist()
     [[True], [False]]
 
-  Example:
+    A network without biases:
+
     >>> import jax, jax.numpy as jnp
     >>> import jaxprune
     >>> params = {'a': jax.random.normal(jax.random.key(0), (4, 8)),

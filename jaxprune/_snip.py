@@ -195,9 +195,10 @@ def snip(
     ...               sparsity=0.5)['w'].tolist()
     [[False, True], [False, True]]
 
+  ``loss_fn``, ``params``, ``batches``, ``batches_per_round``,
+  ``allocation``, ``prunable`` and ``masks`` are as in :func:`snip_it`.
+
   Args:
-    loss_fn, params, batches, batches_per_round, allocation, prunable, masks:
-      as in :func:`snip_it`.
     sparsity: the fraction of prunable weights removed, in ``[0, 1]``.
 
   Returns:
@@ -327,9 +328,10 @@ def grasp(
     ...                all_leaves=True)['kernel'].tolist()
     [[False, True]]
 
+  ``loss_fn``, ``params``, ``batches``, ``batches_per_round``,
+  ``allocation``, ``prunable`` and ``masks`` are as in :func:`snip_it`.
+
   Args:
-    loss_fn, params, batches, batches_per_round, allocation, prunable, masks:
-      as in :func:`snip_it`.
     sparsity: the fraction of prunable weights removed, in ``[0, 1]``.
     all_leaves: as in :func:`gradient_flow` (default False, the authors'
       GraSP).

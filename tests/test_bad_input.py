@@ -3,8 +3,8 @@
 Every bad input of the issue is tried on every public entry point it
 applies to.  Errors are checked by type and by a fragment of the message
 that names the problem; where nothing can raise (values inside jit) the
-documented safe behaviour is checked numerically.  The README's table
-"What is checked" lists these tests.  Corrupt checkpoints are tested in
+documented safe behaviour is checked numerically.  The table of
+docs/guides/bad-input.md lists these tests.  Corrupt checkpoints are tested in
 ``tests/test_faults.py``.
 """
 
@@ -661,14 +661,12 @@ def test_data_file_with_a_wrong_checksum(tmp_path):
     data.check_sha256(path, None)
 
 
-# ----------------------------------------------- the README's table
+# ------------------------------------ the table of docs/guides/bad-input.md
 
 
-def test_the_readme_table_names_tests_that_exist():
+def test_the_bad_input_table_names_tests_that_exist():
   root = pathlib.Path(__file__).resolve().parent.parent
-  readme = (root / "README.md").read_text()
-  section = readme[readme.index("## What is checked"):]
-  section = section[:section.index("\n## ", 1)]
+  section = (root / "docs" / "guides" / "bad-input.md").read_text()
   named = re.findall(r"`(test_\w+\.py)::(test_\w+)", section)
   assert len(named) > 30
   for file, name in named:
