@@ -1,11 +1,11 @@
-"""Bad input (issue 8): a clear error naming the problem, or a safe behaviour.
+"""Bad input: a clear error naming the problem, or a safe behaviour.
 
-Every bad input of the issue is tried on every public entry point it
-applies to.  Errors are checked by type and by a fragment of the message
-that names the problem; where nothing can raise (values inside jit) the
-documented safe behaviour is checked numerically.  The table of
-docs/guides/bad-input.md lists these tests.  Corrupt checkpoints are tested in
-``tests/test_faults.py``.
+Every bad input is tried on every public entry point it applies to.
+Errors are checked by type and by a fragment of the message that names the
+problem; where nothing can raise (values inside jit) the documented safe
+behaviour is checked numerically.  The bad-input guide's table
+(docs/guides/bad-input.md) lists these tests.  Corrupt checkpoints are
+tested in ``tests/test_faults.py``.
 """
 
 import hashlib
@@ -661,16 +661,26 @@ def test_data_file_with_a_wrong_checksum(tmp_path):
     data.check_sha256(path, None)
 
 
-# ------------------------------------ the table of docs/guides/bad-input.md
+# ------------------------------------------- the documentation's tables
 
 
-def test_the_bad_input_table_names_tests_that_exist():
+def _named_tests(text):
+  return re.findall(r"`(test_\w+\.py)::(test_\w+)", text)
+
+
+def test_the_documentation_names_tests_that_exist():
   root = pathlib.Path(__file__).resolve().parent.parent
-  section = (root / "docs" / "guides" / "bad-input.md").read_text()
-  named = re.findall(r"`(test_\w+\.py)::(test_\w+)", section)
-  assert len(named) > 30
-  for file, name in named:
-    assert f"def {name}(" in (root / "tests" / file).read_text(), (file, name)
+  pages = [root / "README.md", *sorted((root / "docs").rglob("*.md")),
+           *sorted((root / "benchmarks").rglob("*.md")),
+           *sorted((root / "experiments").rglob("*.md"))]
+  for page in pages:
+    for file, name in _named_tests(page.read_text()):
+      assert f"def {name}(" in (root / "tests" / file).read_text(), (page, file, name)
+
+
+def test_the_bad_input_guide_names_its_tests():
+  guide = pathlib.Path(__file__).resolve().parent.parent / "docs/guides/bad-input.md"
+  assert len(_named_tests(guide.read_text())) > 30
 
 
 # --------------------------------------- misuse that used to be accepted
