@@ -23,7 +23,7 @@ weights and masks, put into the optimizer state by
                    masks=jaxprune.masks_of(opt_state))
       opt_state = jaxprune.replace_masks(opt_state, masks)
       params = jaxprune.apply_masks(params, masks)
-    ...  # the train step, with jaxprune.prune(inner) (fixed masks)
+    ...  # the train step, with jaxprune.prune(inner, masks=all_true)
 
 Example:
   >>> import jax, jax.numpy as jnp

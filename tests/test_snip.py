@@ -351,7 +351,9 @@ def test_snip_it_during_training_rescores_fresh_batches_at_an_event():
   # optimizer state, which is kept.  prune(criterion=saliency) ranks by the
   # train step's own gradient instead, and keeps other weights.
   params, train_batches, fresh = _params(), _batches(3), _batches(5, seed=7)
-  tx = jaxprune.prune(optax.adam(1e-2))
+  all_kept = jax.tree.map(lambda p: jnp.ones(p.shape, bool) if p.ndim == 2
+                          else None, params)
+  tx = jaxprune.prune(optax.adam(1e-2), masks=all_kept)
   state = tx.init(params)
   update = jax.jit(tx.update)
   for batch in train_batches[:2]:
