@@ -120,6 +120,17 @@ def prune(
     steps whose gradients are not finite, wrap the whole transformation:
     ``optax.apply_if_finite(prune(...), max_consecutive_errors=...)``.
 
+  Gradient accumulation with ``optax.MultiSteps`` works in either order,
+  and pruned weights are exactly 0.0 after every micro-step in both; what
+  the schedule counts differs.  ``optax.MultiSteps(prune(inner, ...), k)``
+  runs ``prune`` once per ``k`` micro-steps, on their mean gradient: the
+  schedule counts optimizer steps (its step ``s`` is micro-step
+  ``k * s + k - 1``).  ``prune(optax.MultiSteps(inner, k), ...)`` runs
+  ``prune`` at every micro-step: the schedule counts micro-steps, a mask
+  update may fall inside an accumulation window (the weights it prunes are
+  zeroed at once), and a gradient criterion sees that micro-batch's
+  gradient only.
+
   Masks found before training (:func:`jaxprune.snip`,
   :func:`jaxprune.snip_it`) are kept through training with
   ``prune(inner, masks=masks)`` (no schedule: they never change), or refined
