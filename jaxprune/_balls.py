@@ -84,7 +84,8 @@ def normalize_axis(axis: Any, ndim: int, where: str) -> tuple[int, ...]:
       raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}")
     if not -ndim <= a < ndim:
       raise ValueError(
-          f"axis {a} is out of range for {where} with {ndim} dimension(s)"
+          f"axis {a} is out of range for {where} with "
+          f"{_checks.counted(ndim, 'dimension')}"
       )
     normalized.append(int(a) % ndim)
   if len(set(normalized)) != len(normalized):

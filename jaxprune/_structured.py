@@ -310,8 +310,9 @@ def _input_rows(channels: int, kept_channels: np.ndarray,
     return kept_channels
   if inputs % channels:
     raise ValueError(
-        f"a layer with {inputs} inputs cannot read a layer of {channels} "
-        "units (neither equal nor a flattened channels-last map)")
+        f"a layer with {_checks.counted(inputs, 'input')} cannot read a "
+        f"layer of {_checks.counted(channels, 'unit')} (neither equal nor a "
+        "flattened channels-last map)")
   keep = np.zeros(channels, bool)
   keep[kept_channels] = True
   return np.flatnonzero(np.tile(keep, inputs // channels))

@@ -156,7 +156,7 @@ def test_sparsity_outside_the_unit_interval(fn, error, match):
                  "Schedule steps must be strictly increasing",
                  id="Schedule-direct"),
     pytest.param(lambda: schedules.Schedule((0, 1), (0.5,)),
-                 "Schedule got 2 steps but 1 sparsities",
+                 "Schedule got 2 steps but 1 sparsity",
                  id="Schedule-lengths"),
     pytest.param(lambda: schedules.one_shot(0.5, at_step=-1),
                  "at_step must be >= 0", id="one_shot"),
@@ -694,6 +694,9 @@ def test_one_array_given_as_the_batches(fn):
     fn(jnp.ones((2, 3)))
   with pytest.raises(TypeError, match="got one array"):
     fn(np.ones((2, 3)))
+  with pytest.raises(TypeError, match=r"would be read as 1 batch of one row; "
+                     r"pass \[batch\]"):
+    fn(jnp.ones((1, 3)))
 
 
 @pytest.mark.parametrize("mask, dtype", [
