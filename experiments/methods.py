@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 import jaxprune
@@ -48,6 +49,7 @@ __all__ = [
     "METHODS",
     "Method",
     "Pruned",
+    "all_kept",
     "build",
     "geometric_schedule",
     "get",
@@ -100,8 +102,8 @@ class Method:
   Attributes:
     transformation: ``(inner, config, masks) -> transformation``: the
       optimizer that trains with this method around the plain ``inner`` one;
-      ``masks`` are those of ``prune_at_init`` (None: all kept, a template
-      to restore a checkpoint into).
+      ``masks`` are those of ``prune_at_init``, or :func:`all_kept` (a
+      method without it, or a template to restore a checkpoint into).
     prune_at_init: ``(config, model, variables, batches) -> Pruned``, or
       None: what the method does to the initial network before training,
       with ``batches``, an endless stream of training batches.
@@ -220,9 +222,8 @@ def _snip_it_during(inner, config: Config, masks):
   the authors run it, the masks are found between steps
   (:func:`_snip_it_event`), or with ``snip_it_step_gradient`` by ``|g * w|``
   on the step's batch inside the update."""
-  del masks
   if not config.snip_it_step_gradient:
-    return jaxprune.prune(inner)
+    return jaxprune.prune(inner, masks=masks)  # all kept until an event
   return jaxprune.prune(
       inner, criterion=jaxprune.criteria.saliency,
       schedule=_snip_it_schedule(config), allocation=config.allocation,
@@ -503,9 +504,29 @@ def get(name: str) -> Method:
   return METHODS[name]
 
 
+def all_kept(params: Any) -> Any:
+  """Masks that keep every weight: True for the leaves that jaxprune prunes
+  by default (non-empty floating leaves with ``ndim >= 2``), None elsewhere.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> masks = all_kept({'kernel': jnp.zeros((2, 3)), 'bias': jnp.zeros(3)})
+    >>> masks['kernel'].tolist(), masks['bias']
+    ([[True, True, True], [True, True, True]], None)
+  """
+  def kept(leaf):
+    if (jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        and jnp.ndim(leaf) >= 2 and jnp.size(leaf) > 0):
+      return jnp.ones(jnp.shape(leaf), jnp.bool_)
+    return None
+
+  return jax.tree.map(kept, params)
+
+
 def build(inner: optax.GradientTransformation, config: Config,
           masks: Any = None) -> optax.GradientTransformation:
   """The optimizer that trains with ``config.method`` around ``inner``; a
-  before-training method keeps ``masks`` (all kept if None: a template for
-  restoring)."""
+  method that keeps masks (before training, SNIP-it during training) starts
+  from ``masks`` (:func:`all_kept` for a template to restore into), and
+  needs them."""
   return get(config.method).transformation(inner, config, masks)

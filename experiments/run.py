@@ -38,7 +38,8 @@ def _parse(argv):
   parser.add_argument("--resume", action="store_true",
                       help="continue from the latest checkpoint in the workdir")
   parser.add_argument("--no-progress", action="store_true",
-                      help="no progress bar")
+                      help="no progress on stderr (a bar on a terminal, a "
+                      "line every 30 s or so in a log)")
   parser.add_argument("--distributed", action="store_true",
                       help="join the other processes of a multi-process run "
                       "(jax.distributed.initialize); the three options below "

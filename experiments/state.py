@@ -36,7 +36,7 @@ class TrainState(jaxprune.TrainState):
 
 def optimizer(config: Config, masks=None) -> optax.GradientTransformation:
   """The plain optimizer of ``config``, wrapped by its method's
-  transformation (which keeps ``masks``, if it prunes before training)."""
+  transformation (which starts from ``masks``, if it keeps masks)."""
   if config.lr_schedule == "constant":
     lr = config.learning_rate
   elif config.lr_schedule == "cosine":
@@ -89,6 +89,8 @@ def create_state(config: Config, model, sample: np.ndarray,
         config, model, variables, _init_batches(config, train_split))
   elif method.shrinks:
     raise ValueError(f"{config.method} needs the training split to prune")
+  if masks is None:
+    masks = methods.all_kept(params)
   return TrainState.create(
       apply_fn=model.apply,
       params=method.init_params(config, params),

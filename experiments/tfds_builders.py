@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import pathlib
+import sys
 import zipfile
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from etils import epath
 
 from experiments import files
 from experiments import idx
+from experiments import progress
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -186,6 +188,10 @@ def prepared(
   are complete (tfds renames a directory only once it is finished), so such
   a process reads those, through a new builder that finds them.
   """
+  if not progress.is_terminal(sys.stderr):
+    # Its bars would leave carriage-return frames in a log, and the line
+    # they clear unended, for the next output to land on.
+    tfds.disable_progress_bar()
   b = make_builder()
   try:
     b.download_and_prepare()

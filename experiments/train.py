@@ -46,7 +46,6 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -58,6 +57,7 @@ from experiments import files
 from experiments import methods
 from experiments import models
 from experiments import plots
+from experiments import progress as progress_lib
 from experiments import reports
 from experiments.checkpoints import CheckpointError
 from experiments.checkpoints import load_checkpoint
@@ -182,7 +182,8 @@ def train_and_evaluate(
     config: the run.
     workdir: output directory, created if needed.
     resume: continue from the latest checkpoint in ``workdir``.
-    progress: show a progress bar.
+    progress: show the progress on stderr: a bar on a terminal, a plain
+      line every 30 s or so otherwise (:class:`experiments.progress.Progress`).
 
   Returns:
     The summary, as process 0 writes it to ``summary.json``.  (Another
@@ -223,9 +224,8 @@ def train_and_evaluate(
                        donate_argnums=0, out_shardings=(replicated, replicated))
   eval_step = jax.jit(functools.partial(_eval_step, model_params=model_params))
   first = int(state.step)
-  bar = tqdm.tqdm(total=config.steps, initial=first,
-                  disable=not (progress and chief), desc=config.name,
-                  unit="step", dynamic_ncols=True)
+  shown = progress_lib.Progress(config.steps, first, config.name,
+                                enabled=progress and chief)
   with open(metrics_path, "a") if chief else contextlib.nullcontext() as log:
 
     def write(record):
@@ -248,8 +248,7 @@ def train_and_evaluate(
                   "accuracy": float(metrics["accuracy"]), "sparsity": sparsity,
                   **method.train_metrics(state)}
         write(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}",
-                        acc=f"{record['accuracy']:.3f}", sparsity=f"{sparsity:.3f}")
+        shown.record(record)
       if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
         test_loss, test_accuracy = evaluate(eval_step, state, test_split,
                                            config.eval_batch_size, mesh)
@@ -258,8 +257,8 @@ def train_and_evaluate(
                "test_accuracy": test_accuracy, "sparsity": sparsity})
       if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
         checkpoints.save(manager, done, state)
-      bar.update(1)
-  bar.close()
+      shown.update(done)
+  shown.close()
   manager.wait_until_finished()
   manager.close()
 

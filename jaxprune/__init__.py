@@ -1,10 +1,9 @@
 """jaxprune: functional neural-network pruning for JAX, as optax transformations."""
 
 from jaxprune import criteria
+from jaxprune import projections
 from jaxprune import schedules
-from jaxprune._balls import l1_ball_projection
-from jaxprune._balls import l11_ball_projection
-from jaxprune._balls import l21_ball_projection
+from jaxprune import scores
 from jaxprune._constraints import DualAscentState
 from jaxprune._constraints import density_constraint
 from jaxprune._constraints import dual_ascent
@@ -38,14 +37,11 @@ from jaxprune._projections import project_l11
 from jaxprune._projections import project_l21
 from jaxprune._pruning import PruneState
 from jaxprune._pruning import prune
-from jaxprune._snip import gradient_flow
 from jaxprune._snip import grasp
-from jaxprune._snip import sensitivity
 from jaxprune._snip import snip
 from jaxprune._snip import snip_it
 from jaxprune._structured import Shrunk
 from jaxprune._structured import mask_nodes
-from jaxprune._structured import node_sensitivity
 from jaxprune._structured import shrink
 from jaxprune._structured import snap_it
 from jaxprune._train_state import TrainState
@@ -79,23 +75,19 @@ __all__ = (
     "flipout_schedule",
     "flipout_sparsity",
     "gate_labels",
-    "gradient_flow",
     "grasp",
     "hard_masks",
     "l0_penalty",
-    "l11_ball_projection",
-    "l1_ball_projection",
-    "l21_ball_projection",
     "mask_nodes",
     "masks_of",
-    "node_sensitivity",
     "project_l1",
     "project_l11",
     "project_l21",
+    "projections",
     "prune",
     "replace_masks",
     "schedules",
-    "sensitivity",
+    "scores",
     "shrink",
     "snap_it",
     "snip",

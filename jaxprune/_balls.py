@@ -4,11 +4,11 @@ The pure functions behind :func:`jaxprune.project_l1`,
 :func:`jaxprune.project_l21` and :func:`jaxprune.project_l11`, public
 themselves:
 
-- :func:`l1_ball_projection`: the Euclidean projection onto
+- :func:`l1_ball`: the Euclidean projection onto
   ``{x : sum |x_i| <= r}`` (unstructured sparsity).
-- :func:`l21_ball_projection`: the Euclidean projection onto
+- :func:`l21_ball`: the Euclidean projection onto
   ``{x : sum_g ||x_g||_2 <= r}`` (group lasso: whole groups vanish).
-- :func:`l11_ball_projection`: the authors' bilevel l1,1 operator, which
+- :func:`l11_ball`: the authors' bilevel l1,1 operator, which
   zeroes whole groups too; it lands in the l1 ball but is *not* the
   Euclidean projection (see its docstring).
 
@@ -21,10 +21,10 @@ Example:
   >>> import jax.numpy as jnp
   >>> from jaxprune import _balls
   >>> x = jnp.array([[3.0, 4.0], [0.3, 0.4]])  # l1 norm 7.7, row norms 5, 0.5
-  >>> _balls.l1_ball_projection(x, 2.0)
+  >>> _balls.l1_ball(x, 2.0)
   Array([[0.5, 1.5],
          [0. , 0. ]], dtype=float32)
-  >>> _balls.l21_ball_projection(x, 2.5)  # the second row is removed
+  >>> _balls.l21_ball(x, 2.5)  # the second row is removed
   Array([[1.5, 2. ],
          [0. , 0. ]], dtype=float32)
 
@@ -84,7 +84,8 @@ def normalize_axis(axis: Any, ndim: int, where: str) -> tuple[int, ...]:
       raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}")
     if not -ndim <= a < ndim:
       raise ValueError(
-          f"axis {a} is out of range for {where} with {ndim} dimension(s)"
+          f"axis {a} is out of range for {where} with "
+          f"{_checks.counted(ndim, 'dimension')}"
       )
     normalized.append(int(a) % ndim)
   if len(set(normalized)) != len(normalized):
@@ -146,7 +147,7 @@ def _l11(
   return _thresholds.soft_threshold(xc, group_tau).astype(x.dtype)
 
 
-def l1_ball_projection(
+def l1_ball(
     x: jax.typing.ArrayLike, radius: jax.typing.ArrayLike
 ) -> jax.Array:
   """The Euclidean projection of ``x`` onto the l1 ball of radius ``radius``.
@@ -183,17 +184,17 @@ def l1_ball_projection(
   Example:
     >>> import jax.numpy as jnp
     >>> import jaxprune
-    >>> jaxprune.l1_ball_projection(jnp.array([3.0, -1.5, 0.5]), 2.0)
+    >>> jaxprune.projections.l1_ball(jnp.array([3.0, -1.5, 0.5]), 2.0)
     Array([ 1.75, -0.25,  0.  ], dtype=float32)
-    >>> jaxprune.l1_ball_projection(jnp.array([1.0, -0.5]), 2.0)  # inside
+    >>> jaxprune.projections.l1_ball(jnp.array([1.0, -0.5]), 2.0)  # inside
     Array([ 1. , -0.5], dtype=float32)
   """
-  x = _check_floating("l1_ball_projection", x)
+  x = _check_floating("jaxprune.projections.l1_ball", x)
   _checks.check_scalar_hyperparameter("radius", radius, positive=False)
   return x if x.size == 0 else _l1(x, radius)
 
 
-def l21_ball_projection(
+def l21_ball(
     x: jax.typing.ArrayLike, radius: jax.typing.ArrayLike, axis: Axis = -1
 ) -> jax.Array:
   """The Euclidean projection onto the l2,1 (group lasso) ball.
@@ -210,7 +211,7 @@ def l21_ball_projection(
   This is exact (the l2,1 norm is the l1 norm of the group norms, and a
   group's direction is kept).  Cost: O(n) for the norms and O(G) for
   the threshold of the ``G`` group norms, found as in
-  :func:`l1_ball_projection`, without sorting.
+  :func:`l1_ball`, without sorting.
 
   Args:
     x: a real floating-point array.
@@ -230,24 +231,24 @@ def l21_ball_projection(
     >>> import jax.numpy as jnp
     >>> import jaxprune
     >>> kernel = jnp.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
-    >>> jaxprune.l21_ball_projection(kernel, 2.5)  # row norms 5, 0.5, 0
+    >>> jaxprune.projections.l21_ball(kernel, 2.5)  # row norms 5, 0.5, 0
     Array([[1.5, 2. ],
            [0. , 0. ],
            [0. , 0. ]], dtype=float32)
   """
-  x = _check_floating("l21_ball_projection", x)
+  x = _check_floating("jaxprune.projections.l21_ball", x)
   _checks.check_scalar_hyperparameter("radius", radius, positive=False)
   axes = normalize_axis(axis, x.ndim, f"an array of shape {x.shape}")
   return x if x.size == 0 else _l21(x, radius, axes)
 
 
-def l11_ball_projection(
+def l11_ball(
     x: jax.typing.ArrayLike, radius: jax.typing.ArrayLike, axis: Axis = -1
 ) -> jax.Array:
   """Barlaud and Guyard's bilevel l1,1 projection: structured l1 sparsity.
 
   Groups are the slices of ``x`` along ``axis``, as in
-  :func:`l21_ball_projection` (by default, the rows of a dense kernel
+  :func:`l21_ball` (by default, the rows of a dense kernel
   ``(in, out)``: the authors' columns of a PyTorch ``(out, in)`` weight).
   Two levels of l1 projection:
 
@@ -260,12 +261,12 @@ def l11_ball_projection(
   when ``x`` is outside, zeroes whole groups, and is idempotent (points
   inside come back unchanged).  Note that this set is simply the l1 ball
   of all the entries, whose Euclidean projection is
-  :func:`l1_ball_projection`: this operator is *not* that projection.  It
+  :func:`l1_ball`: this operator is *not* that projection.  It
   is a structured alternative that lands in the same ball with whole
   groups removed and a larger distance to ``x``.
 
   Cost, without sorting: O(n) for the ``G`` group norms and their
-  threshold, found as in :func:`l1_ball_projection`, then a bisection
+  threshold, found as in :func:`l1_ball`, then a bisection
   over the bits of the magnitudes for the thresholds of all the groups at
   once: 31 compare-and-sum passes over the ``n`` entries for float32 (63
   for float64).
@@ -288,14 +289,14 @@ def l11_ball_projection(
     >>> import jax.numpy as jnp
     >>> import jaxprune
     >>> x = jnp.array([[3.0, -2.0], [0.0, 3.0]])  # row l1 norms 5 and 3
-    >>> jaxprune.l11_ball_projection(x, 2.0)  # the second row is removed
+    >>> jaxprune.projections.l11_ball(x, 2.0)  # the second row is removed
     Array([[ 1.5, -0.5],
            [ 0. ,  0. ]], dtype=float32)
-    >>> jaxprune.l1_ball_projection(x, 2.0)  # the Euclidean projection
+    >>> jaxprune.projections.l1_ball(x, 2.0)  # the Euclidean projection
     Array([[1., 0.],
            [0., 1.]], dtype=float32)
   """
-  x = _check_floating("l11_ball_projection", x)
+  x = _check_floating("jaxprune.projections.l11_ball", x)
   _checks.check_scalar_hyperparameter("radius", radius, positive=False)
   axes = normalize_axis(axis, x.ndim, f"an array of shape {x.shape}")
   return x if x.size == 0 else _l11(x, radius, axes)

@@ -24,6 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+  """``n`` followed by the noun in the number ``n`` takes (``plural``
+  defaults to ``singular + "s"``), for messages.
+
+  Example:
+    >>> from jaxprune import _checks
+    >>> _checks.counted(1, "batch", "batches"), _checks.counted(3, "step")
+    ('1 batch', '3 steps')
+  """
+  return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
 def check_sparsity(value: Any, name: str) -> float:
   """``value`` as a float in ``[0, 1]``; ``name`` is used in the message."""
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -86,11 +98,12 @@ def check_batches(batches: Any, caller: str) -> None:
   """``batches`` is a sequence or iterator of batches, not one array (whose
   rows would be read as one batch each)."""
   if isinstance(batches, (jax.Array, np.ndarray)):
+    rows = len(batches) if np.ndim(batches) else 0
     raise TypeError(
         f"{caller}: batches must be a sequence or an iterator of batches, got "
         f"one array of shape {np.shape(batches)}, which would be read as "
-        f"{len(batches) if np.ndim(batches) else 0} batches of one row each; "
-        "pass [batch] for a single batch")
+        f"{counted(rows, 'batch', 'batches')} of one row"
+        f"{'' if rows == 1 else ' each'}; pass [batch] for a single batch")
 
 
 def require_params(params: Any, caller: str) -> None:

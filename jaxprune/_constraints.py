@@ -78,7 +78,8 @@ def _as_constraints(constraints) -> tuple[Constraint, ...]:
     raise ValueError("dual_ascent needs at least one constraint function")
   for i, c in enumerate(constraints):
     if not callable(c):
-      raise TypeError(f"constraint {i} is a {type(c).__name__}, not a function")
+      raise TypeError(f"constraint {i} is not a function: got an object of "
+                      f"type {type(c).__name__}")
   return constraints
 
 
@@ -273,7 +274,8 @@ def density_constraint(
     layers = jnp.stack(list(density.layers.values()))
     if targets.size not in (1, layers.shape[0]):
       raise ValueError(
-          f"{targets.size} layer targets for {layers.shape[0]} gated layers "
+          f"{_checks.counted(targets.size, 'layer target')} for "
+          f"{_checks.counted(layers.shape[0], 'gated layer')} "
           f"({list(density.layers)})"
       )
     wanted = np.broadcast_to(targets, layers.shape).astype(np.float32)

@@ -12,8 +12,8 @@ projected onto its own ball of the given radius (a per-layer constraint, as
 in the paper).
 
 The projections themselves are the pure functions of :mod:`jaxprune._balls`
-(:func:`jaxprune.l1_ball_projection`, :func:`jaxprune.l21_ball_projection`
-and :func:`jaxprune.l11_ball_projection`): exact, sort-free, O(n) per leaf
+(:func:`jaxprune.projections.l1_ball`, :func:`jaxprune.projections.l21_ball`
+and :func:`jaxprune.projections.l11_ball`): exact, sort-free, O(n) per leaf
 of n weights, and computed in place on a sharded leaf.
 
 Example:
@@ -175,7 +175,7 @@ def project_l1(
   """Projected gradient onto an l1 ball per leaf: unstructured sparsity.
 
   Each selected leaf ``w`` is kept in ``{w : sum |w_i| <= radius}`` by
-  :func:`l1_ball_projection`, O(n) per leaf of n weights, without sorting.
+  :func:`jaxprune.projections.l1_ball`, O(n) per leaf of n weights, without sorting.
 
   Use it last in a chain, ``optax.chain(inner, ...)``: it turns the inner
   updates ``u`` into ``P(p + u) - p`` for every selected leaf ``p``, so the
@@ -234,7 +234,7 @@ def project_l1(
            [0., 0.]], dtype=float32)
   """
   return _projection(
-      "project_l1", _balls.l1_ball_projection, radius, prunable, None)
+      "project_l1", _balls.l1_ball, radius, prunable, None)
 
 
 def project_l21(
@@ -246,7 +246,7 @@ def project_l21(
   """Projected gradient onto an l2,1 (group lasso) ball per leaf.
 
   Each selected leaf ``w`` is kept in ``{w : sum_g ||w_g||_2 <= radius}``
-  by :func:`l21_ball_projection`, where a group is a slice along ``axis``:
+  by :func:`jaxprune.projections.l21_ball`, where a group is a slice along ``axis``:
   with the default ``axis=-1`` the rows of a dense kernel ``(in, out)``,
   so whole input features vanish.  O(n + G) per leaf of n weights in G
   groups.
@@ -290,7 +290,7 @@ def project_l21(
   """
   return _projection(
       "project_l21",
-      lambda x, r: _balls.l21_ball_projection(x, r, axis),
+      lambda x, r: _balls.l21_ball(x, r, axis),
       radius,
       prunable,
       axis,
@@ -305,12 +305,12 @@ def project_l11(
 ) -> optax.GradientTransformationExtraArgs:
   """Barlaud and Guyard's projected gradient with the bilevel l1,1 operator.
 
-  Each selected leaf is mapped by :func:`l11_ball_projection` into its l1
+  Each selected leaf is mapped by :func:`jaxprune.projections.l11_ball` into its l1
   ball of radius ``radius``, whole groups (slices along ``axis``; by
   default the rows of a dense kernel ``(in, out)``: input features)
   removed first.  This is the authors' structured l1,1 constraint; it is
   not the Euclidean projection onto that ball, which is
-  :func:`project_l1` (see :func:`l11_ball_projection`).  O(n) per leaf of
+  :func:`project_l1` (see :func:`jaxprune.projections.l11_ball`).  O(n) per leaf of
   n weights (31 passes over them, for float32).
 
   It is used like :func:`project_l1`: last in a chain, one ball of radius
@@ -351,7 +351,7 @@ def project_l11(
   """
   return _projection(
       "project_l11",
-      lambda x, r: _balls.l11_ball_projection(x, r, axis),
+      lambda x, r: _balls.l11_ball(x, r, axis),
       radius,
       prunable,
       axis,

@@ -120,6 +120,17 @@ def prune(
     steps whose gradients are not finite, wrap the whole transformation:
     ``optax.apply_if_finite(prune(...), max_consecutive_errors=...)``.
 
+  Gradient accumulation with ``optax.MultiSteps`` works in either order,
+  and pruned weights are exactly 0.0 after every micro-step in both; what
+  the schedule counts differs.  ``optax.MultiSteps(prune(inner, ...), k)``
+  runs ``prune`` once per ``k`` micro-steps, on their mean gradient: the
+  schedule counts optimizer steps (its step ``s`` is micro-step
+  ``k * s + k - 1``).  ``prune(optax.MultiSteps(inner, k), ...)`` runs
+  ``prune`` at every micro-step: the schedule counts micro-steps, a mask
+  update may fall inside an accumulation window (the weights it prunes are
+  zeroed at once), and a gradient criterion sees that micro-batch's
+  gradient only.
+
   Masks found before training (:func:`jaxprune.snip`,
   :func:`jaxprune.snip_it`) are kept through training with
   ``prune(inner, masks=masks)`` (no schedule: they never change), or refined
@@ -129,8 +140,8 @@ def prune(
     inner: any optax transformation, e.g. ``optax.adamw(1e-3)``.
     criterion: ``(params, grads, key) -> scores``, e.g.
       :func:`jaxprune.criteria.magnitude`; required with a schedule.
-    schedule: a :class:`jaxprune.schedules.Schedule`; ``None`` keeps the
-      initial masks unchanged.
+    schedule: a :class:`jaxprune.schedules.Schedule`; ``None`` (with
+      ``masks``) keeps the initial masks unchanged.
     allocation: ``"global"``, ``"global_topk"``, ``"layerwise"`` or
       ``"erk"``.
     prunable: ``(path, leaf) -> bool`` selecting the leaves to prune; by
@@ -138,7 +149,8 @@ def prune(
     seed: seeds the key given to the criterion.
     masks: the initial masks, a tree with the structure of the params holding
       a boolean array (True = kept) for every prunable leaf and ``None``
-      elsewhere, as :func:`jaxprune.snip` returns; by default all kept.  The
+      elsewhere, as :func:`jaxprune.snip` returns; with a schedule, all
+      kept by default, and required without one.  The
       weights they prune are zeroed by the first update (zero them before
       the first forward pass with :func:`jaxprune.apply_masks`).
     packed_masks: hold the masks in the state packed eight to a byte along
@@ -156,7 +168,8 @@ def prune(
     ``params`` and forwards extra arguments to ``inner``.
 
   Raises:
-    ValueError: unknown allocation; at ``init``: a predicate that selects
+    ValueError: unknown allocation; neither a criterion and a schedule nor
+      masks (nothing would ever be pruned); at ``init``: a predicate that selects
       nothing, NaN or inf in prunable params, a global sparsity that would
       empty a tensor; at ``update``: trees that do not match.
     TypeError: a schedule that is not a ``Schedule``, a criterion that is not
@@ -165,6 +178,13 @@ def prune(
       ``update``: a state that is not a :class:`PruneState`.
   """
   _allocation.check_allocation(allocation)
+  if schedule is None and criterion is None and masks is None:
+    raise ValueError(
+        "jaxprune.prune got no criterion, no schedule and no masks, so it "
+        "would never prune; pass a criterion and a schedule to prune during "
+        "training (criterion=jaxprune.criteria.magnitude, "
+        "schedule=jaxprune.schedules.polynomial(...)), or masks= to keep "
+        "fixed masks (e.g. from jaxprune.snip)")
   if schedule is None:
     if criterion is not None:
       raise ValueError(

@@ -63,5 +63,5 @@ def check_scores(scores: Any, plan: _plans.Plan, caller: str) -> None:
     if bad:
       raise ValueError(
           f"{caller}: the score of {_trees.path_string(path)} is NaN "
-          f"or inf for {bad} weights; the loss or its gradient is not finite "
+          f"or inf for {_checks.counted(bad, 'weight')}; the loss or its gradient is not finite "
           "at these params and batches")

@@ -23,7 +23,7 @@ weights and masks, put into the optimizer state by
                    masks=jaxprune.masks_of(opt_state))
       opt_state = jaxprune.replace_masks(opt_state, masks)
       params = jaxprune.apply_masks(params, masks)
-    ...  # the train step, with jaxprune.prune(inner) (fixed masks)
+    ...  # the train step, with jaxprune.prune(inner, masks=all_true)
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -82,8 +82,8 @@ def sensitivity(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
     >>> import jax.numpy as jnp
     >>> import jaxprune
     >>> loss_fn = lambda p, b: jnp.sum(p['w'] * b)
-    >>> jaxprune.sensitivity(loss_fn, {'w': jnp.array([2.0, -3.0])},
-    ...                      [jnp.array([1.0, 1.0]), jnp.array([0.5, -2.0])])['w']
+    >>> jaxprune.scores.sensitivity(loss_fn, {'w': jnp.array([2.0, -3.0])},
+    ...                             [jnp.array([1.0, 1.0]), jnp.array([0.5, -2.0])])['w']
     Array([3., 3.], dtype=float32)
 
   Args:
@@ -99,10 +99,11 @@ def sensitivity(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
     ValueError: if ``batches`` is empty.
     TypeError: if ``batches`` is one array rather than a sequence of them.
   """
-  _checks.check_batches(batches, "jaxprune.sensitivity")
+  _checks.check_batches(batches, "jaxprune.scores.sensitivity")
   batches = list(batches)
   if not batches:
-    raise ValueError("sensitivity needs at least one batch, got none")
+    raise ValueError(
+        "jaxprune.scores.sensitivity needs at least one batch, got none")
   total = None
   for batch in batches:
     grads = _scoring.jitted_gradient(loss_fn)(params, batch)
@@ -244,10 +245,10 @@ def gradient_flow(
     >>> def loss_fn(p, batch):
     ...   (w1, w2), b = p['kernel'][0], p['bias'][0]
     ...   return 0.5 * (w1 + b) ** 2 + 0.5 * (w2 + 2 * b) ** 2
-    >>> jaxprune.gradient_flow(loss_fn, params, [None])['kernel']  # w * g_w
+    >>> jaxprune.scores.gradient_flow(loss_fn, params, [None])['kernel']  # w * g_w
     Array([[9., 4.]], dtype=float32)
-    >>> jaxprune.gradient_flow(loss_fn, params, [None],
-    ...                        all_leaves=True)['kernel']  # w * (g_w + H_wb g_b)
+    >>> jaxprune.scores.gradient_flow(loss_fn, params, [None],
+    ...                               all_leaves=True)['kernel']  # w * (g_w + H_wb g_b)
     Array([[6., 8.]], dtype=float32)
 
   Args:
@@ -266,10 +267,11 @@ def gradient_flow(
     ValueError: no batches, or (unless ``all_leaves``) a predicate that
       selects no leaf.
   """
-  _checks.check_batches(batches, "jaxprune.gradient_flow")
+  _checks.check_batches(batches, "jaxprune.scores.gradient_flow")
   batches = list(batches)
   if not batches:
-    raise ValueError("gradient_flow needs at least one batch, got none")
+    raise ValueError(
+        "jaxprune.scores.gradient_flow needs at least one batch, got none")
   grad = _scoring.jitted_gradient(loss_fn)
   g = functools.reduce(
       lambda a, b: jax.tree.map(jnp.add, a, b),
@@ -278,7 +280,7 @@ def gradient_flow(
     # The authors differentiate with respect to the prunable weights only:
     # the other leaves' directions are zero in g, so Hg is H_ww g_w there.
     flags, _ = _trees.selected_leaves(params, prunable,
-                                      "jaxprune.gradient_flow", "scored")
+                                      "jaxprune.scores.gradient_flow", "scored")
     g = jax.tree.map(lambda flag, v: v if flag else jnp.zeros_like(v),
                      flags, g)
   hg = functools.reduce(

@@ -113,6 +113,21 @@ def node_sensitivity(
 ) -> dict[str, jax.Array]:
   """``|dL/dc|`` of every hidden unit's gate, summed over ``batches``.
 
+  Example: a linear network, where ``dL/dc_j`` is hidden unit ``j``'s
+  output times its outgoing weight.
+
+    >>> import jax.numpy as jnp
+    >>> import jaxprune
+    >>> params = {'hidden': {'kernel': jnp.array([[1.0, 2.0]]),
+    ...                      'bias': jnp.zeros(2)},
+    ...           'out': {'kernel': jnp.array([[3.0], [1.0]])}}
+    >>> def loss_fn(p, x):
+    ...   h = x @ p['hidden']['kernel'] + p['hidden']['bias']
+    ...   return jnp.sum(h @ p['out']['kernel'])
+    >>> jaxprune.scores.node_sensitivity(loss_fn, params, [jnp.ones((1, 1))],
+    ...                                  layers=['hidden', 'out'])
+    {'hidden': Array([3., 2.], dtype=float32)}
+
   Args:
     loss_fn: ``(params, batch) -> scalar loss``, the model in evaluation mode.
     params: the parameter tree.
@@ -124,11 +139,12 @@ def node_sensitivity(
     ``{layer: float32 scores of its output units}`` for every layer but the
     last.
   """
-  _check_layers(params, layers, None, "jaxprune.node_sensitivity")
-  _checks.check_batches(batches, "jaxprune.node_sensitivity")
+  _check_layers(params, layers, None, "jaxprune.scores.node_sensitivity")
+  _checks.check_batches(batches, "jaxprune.scores.node_sensitivity")
   batches = list(batches)
   if not batches:
-    raise ValueError("node_sensitivity needs at least one batch, got none")
+    raise ValueError(
+        "jaxprune.scores.node_sensitivity needs at least one batch, got none")
   grads = functools.reduce(
       lambda a, b: jax.tree.map(jnp.add, a, b),
       (_scoring.jitted_gradient(loss_fn)(params, batch) for batch in batches))
@@ -294,8 +310,9 @@ def _input_rows(channels: int, kept_channels: np.ndarray,
     return kept_channels
   if inputs % channels:
     raise ValueError(
-        f"a layer with {inputs} inputs cannot read a layer of {channels} "
-        "units (neither equal nor a flattened channels-last map)")
+        f"a layer with {_checks.counted(inputs, 'input')} cannot read a "
+        f"layer of {_checks.counted(channels, 'unit')} (neither equal nor a "
+        "flattened channels-last map)")
   keep = np.zeros(channels, bool)
   keep[kept_channels] = True
   return np.flatnonzero(np.tile(keep, inputs // channels))

@@ -72,7 +72,8 @@ class Schedule:
     )
     if len(steps) != len(sparsities):
       raise ValueError(
-          f"Schedule got {len(steps)} steps but {len(sparsities)} sparsities"
+          f"Schedule got {_checks.counted(len(steps), 'step')} but "
+          f"{_checks.counted(len(sparsities), 'sparsity', 'sparsities')}"
       )
     if any(b <= a for a, b in zip(steps, steps[1:])):
       raise ValueError(
@@ -141,7 +142,8 @@ def piecewise(steps: Sequence[int], sparsities: Sequence[float]) -> Schedule:
   sparsities = [_checks.check_sparsity(s, "sparsity") for s in sparsities]
   if len(steps) != len(sparsities):
     raise ValueError(
-        f"got {len(steps)} steps but {len(sparsities)} sparsities"
+        f"got {_checks.counted(len(steps), 'step')} but "
+        f"{_checks.counted(len(sparsities), 'sparsity', 'sparsities')}"
     )
   if any(b <= a for a, b in zip(steps, steps[1:])):
     raise ValueError(f"steps must be strictly increasing, got {steps}")

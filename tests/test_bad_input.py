@@ -156,7 +156,7 @@ def test_sparsity_outside_the_unit_interval(fn, error, match):
                  "Schedule steps must be strictly increasing",
                  id="Schedule-direct"),
     pytest.param(lambda: schedules.Schedule((0, 1), (0.5,)),
-                 "Schedule got 2 steps but 1 sparsities",
+                 "Schedule got 2 steps but 1 sparsity",
                  id="Schedule-lengths"),
     pytest.param(lambda: schedules.one_shot(0.5, at_step=-1),
                  "at_step must be >= 0", id="one_shot"),
@@ -249,10 +249,10 @@ _EVERY_LEAF = ("leaf ids has dtype int32; every leaf of the params is "
     pytest.param(_init(jaxprune.project_l1(1.0, prunable=_ALL_2D), _INT),
                  "leaf ids has dtype int32; only real floating-point leaves can "
                  "be projected", id="project_l1"),
-    pytest.param(lambda: jaxprune.l1_ball_projection(jnp.ones(3, jnp.complex64),
+    pytest.param(lambda: jaxprune.projections.l1_ball(jnp.ones(3, jnp.complex64),
                                                      1.0),
                  "needs a real floating-point array, got dtype complex64",
-                 id="l1_ball_projection"),
+                 id="projections.l1_ball"),
     pytest.param(lambda: jaxprune.add_gates(_INT, jax.random.key(0),
                                             gated=_ALL_2D),
                  "gated leaf ids has dtype int32", id="add_gates"),
@@ -588,9 +588,9 @@ def test_nan_gradients_in_flipout():
   assert np.all(np.isnan(_kernels(history[3][0])[1][~pruned_at_2[1]]))
 
 
-@pytest.mark.parametrize("project", [jaxprune.l1_ball_projection,
-                                     jaxprune.l21_ball_projection,
-                                     jaxprune.l11_ball_projection],
+@pytest.mark.parametrize("project", [jaxprune.projections.l1_ball,
+                                     jaxprune.projections.l21_ball,
+                                     jaxprune.projections.l11_ball],
                          ids=["l1", "l21", "l11"])
 def test_nan_in_a_projected_leaf_gives_nan_never_finite(project):
   x = jnp.asarray(np.arange(1.0, 13.0).reshape(3, 4)).at[1, 2].set(jnp.nan)
@@ -690,8 +690,8 @@ def test_the_bad_input_guide_names_its_tests():
     lambda batches: jaxprune.snip(_loss, _params(), batches, sparsity=0.5),
     lambda batches: jaxprune.snip_it(_loss, _params(), batches, sparsity=0.5),
     lambda batches: jaxprune.grasp(_loss, _params(), batches, sparsity=0.5),
-    lambda batches: jaxprune.sensitivity(_loss, _params(), batches),
-    lambda batches: jaxprune.gradient_flow(_loss, _params(), batches),
+    lambda batches: jaxprune.scores.sensitivity(_loss, _params(), batches),
+    lambda batches: jaxprune.scores.gradient_flow(_loss, _params(), batches),
     lambda batches: jaxprune.snap_it(_loss, _params(), batches, sparsity=0.5,
                                      layers=("a", "b")),
 ], ids=["snip", "snip_it", "grasp", "sensitivity", "gradient_flow", "snap_it"])
@@ -702,6 +702,9 @@ def test_one_array_given_as_the_batches(fn):
     fn(jnp.ones((2, 3)))
   with pytest.raises(TypeError, match="got one array"):
     fn(np.ones((2, 3)))
+  with pytest.raises(TypeError, match=r"would be read as 1 batch of one row; "
+                     r"pass \[batch\]"):
+    fn(jnp.ones((1, 3)))
 
 
 @pytest.mark.parametrize("mask, dtype", [

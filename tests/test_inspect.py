@@ -14,6 +14,9 @@ _PARAMS = {
     "dense": {"kernel": jnp.arange(1.0, 13.0).reshape(3, 4), "bias": jnp.ones(4)},
     "out": {"kernel": jnp.arange(1.0, 9.0).reshape(4, 2)},
 }
+# Fixed masks that keep every weight (the masks replace_masks replaces).
+_ALL_KEPT = {"dense": {"kernel": jnp.ones((3, 4), bool), "bias": None},
+             "out": {"kernel": jnp.ones((4, 2), bool)}}
 
 
 def _prune(inner):
@@ -111,6 +114,7 @@ def test_sparsity_of_nothing():
 @pytest.mark.parametrize("packed", [False, True])
 def test_replace_masks_sets_the_masks_wherever_the_state_sits(packed):
   tx = optax.chain(optax.clip(1.0), jaxprune.prune(optax.adam(0.1),
+                                                   masks=_ALL_KEPT,
                                                    packed_masks=packed))
   state = tx.init(_PARAMS)
   grads = jax.tree.map(jnp.ones_like, _PARAMS)
@@ -136,7 +140,7 @@ def test_replace_masks_sets_the_masks_wherever_the_state_sits(packed):
 
 
 def test_replace_masks_checks_its_input():
-  state = jaxprune.prune(optax.sgd(0.1)).init(_PARAMS)
+  state = jaxprune.prune(optax.sgd(0.1), masks=_ALL_KEPT).init(_PARAMS)
   masks = jaxprune.masks_of(state)
   with pytest.raises(ValueError, match="no pruning state"):
     jaxprune.replace_masks(optax.sgd(0.1).init(_PARAMS), masks)

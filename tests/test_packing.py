@@ -113,7 +113,8 @@ def test_a_packed_state_survives_a_checkpoint(tmp_path):
 
 def test_packed_masks_must_be_a_bool():
   with pytest.raises(TypeError, match="packed_masks must be True or False"):
-    jaxprune.prune(optax.sgd(0.1), packed_masks="yes")
+    jaxprune.prune(optax.sgd(0.1), criterion=criteria.magnitude,
+                   schedule=schedules.constant(0.5), packed_masks="yes")
 
 
 @pytest.mark.parametrize("noise", [0.0, 1.0])

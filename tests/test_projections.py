@@ -15,9 +15,9 @@ import jaxprune
 from jaxprune import _thresholds
 
 _PROJECTIONS = {  # by name: (x, radius, axis) -> projection
-    "l1": lambda x, r, axis=-1: jaxprune.l1_ball_projection(x, r),
-    "l21": lambda x, r, axis=-1: jaxprune.l21_ball_projection(x, r, axis),
-    "l11": lambda x, r, axis=-1: jaxprune.l11_ball_projection(x, r, axis),
+    "l1": lambda x, r, axis=-1: jaxprune.projections.l1_ball(x, r),
+    "l21": lambda x, r, axis=-1: jaxprune.projections.l21_ball(x, r, axis),
+    "l11": lambda x, r, axis=-1: jaxprune.projections.l11_ball(x, r, axis),
 }
 _TRANSFORMS = {  # by name: (radius, axis=..., prunable=...) -> transformation
     "l1": lambda radius, axis=-1, **kw: jaxprune.project_l1(radius, **kw),
@@ -187,8 +187,8 @@ def test_l1_and_l21_are_the_euclidean_projections(kind, seed):
 def test_l11_zeroes_whole_groups_is_feasible_and_is_not_the_l1_projection():
   x = _random((10, 8), 11) * jnp.linspace(0.2, 2.0, 10, dtype=jnp.float32)[:, None]
   radius = 0.1 * float(jnp.abs(x).sum())
-  y11 = np.asarray(jaxprune.l11_ball_projection(x, radius))
-  y1 = np.asarray(jaxprune.l1_ball_projection(x, radius))
+  y11 = np.asarray(jaxprune.projections.l11_ball(x, radius))
+  y1 = np.asarray(jaxprune.projections.l1_ball(x, radius))
   assert np.abs(y11).sum() == pytest.approx(radius, rel=1e-5)
   # Whole rows vanish: those whose l1 norm is below the first threshold.
   norms = np.abs(np.asarray(x)).sum(axis=1)
@@ -218,7 +218,7 @@ def test_groups_may_span_several_axes():
 def test_long_vectors_stay_feasible():
   x = _random((300_000,), 0, scale=10.0)
   for radius in (1.0, 1e3, 1e5):
-    y = jaxprune.l1_ball_projection(x, radius)
+    y = jaxprune.projections.l1_ball(x, radius)
     assert float(jnp.sum(jnp.abs(y))) == pytest.approx(radius, rel=1e-5)
     np.testing.assert_allclose(y, _ref_l1(x, radius), atol=2e-5 * 10)
 
@@ -260,7 +260,8 @@ def test_bad_projection_arguments(kind, call, error, match):
 def test_bad_axes(kind):
   fn = _PROJECTIONS[kind]
   x = jnp.ones((2, 3))
-  out_of_range = r"axis 2 is out of range for an array of shape \(2, 3\)"
+  out_of_range = (r"axis 2 is out of range for an array of shape \(2, 3\) "
+                  "with 2 dimensions$")
   with pytest.raises(ValueError, match=out_of_range):
     fn(x, 1.0, axis=2)
   with pytest.raises(ValueError, match="names the same axis twice"):
@@ -269,8 +270,10 @@ def test_bad_axes(kind):
     fn(x, 1.0, axis=())
   with pytest.raises(TypeError, match="axis must be an int"):
     fn(x, 1.0, axis=1.0)
-  with pytest.raises(ValueError, match="out of range"):
+  with pytest.raises(ValueError, match="out of range for .* with 0 dimensions$"):
     fn(jnp.float32(1.0), 1.0)  # a scalar has no axis
+  with pytest.raises(ValueError, match="out of range for .* with 1 dimension$"):
+    fn(jnp.ones(3), 1.0, axis=1)
 
 
 # ------------------------------------------------- the sort-free thresholds
@@ -356,10 +359,10 @@ def test_l1_projection_of_a_long_vector_matches_a_float64_sort(kind):
   a = _magnitudes(kind, 250 * 400, 3).reshape(shape)
   x = jnp.asarray(np.where(rng.random(shape) < 0.5, -a, a))
   norm = float(np.sum(a, dtype=np.float64))
-  jitted = jax.jit(jaxprune.l1_ball_projection)
+  jitted = jax.jit(jaxprune.projections.l1_ball)
   for r in (1e-30, 1e-6 * norm, 0.5 * norm):
     r = np.float32(r)
-    y = jaxprune.l1_ball_projection(x, r)
+    y = jaxprune.projections.l1_ball(x, r)
     tau = _sorted_threshold(a, float(r))
     want = np.sign(x) * np.maximum(a.astype(np.float64) - tau, 0)
     tol = 1e-6 * _threshold_scale(a, float(r), tau) + np.spacing(a)
@@ -371,7 +374,7 @@ def test_l1_projection_of_a_long_vector_matches_a_float64_sort(kind):
 def test_vmap_over_long_vectors_and_radii():
   x = _random((3, 10_000), 6)  # rows long enough for the radix search
   radii = jnp.asarray([1.0, 10.0, 1e5], jnp.float32)
-  project = jaxprune.l1_ball_projection
+  project = jaxprune.projections.l1_ball
   rows = [project(x[i], radii[i]) for i in range(3)]
   np.testing.assert_array_equal(jax.vmap(project)(x, radii), jnp.stack(rows))
   same_x = [project(x[0], r) for r in radii]
@@ -387,10 +390,10 @@ def test_the_searches_agree_with_and_without_jit():
   radius = 0.2 * float(np.sum(a, dtype=np.float64))
   groups = x.reshape(200, 100)
   with jax.disable_jit():
-    eager = (jaxprune.l1_ball_projection(x, radius),
-             jaxprune.l11_ball_projection(groups, radius))
-  jitted = (jax.jit(jaxprune.l1_ball_projection)(x, radius),
-            jax.jit(jaxprune.l11_ball_projection)(groups, radius))
+    eager = (jaxprune.projections.l1_ball(x, radius),
+             jaxprune.projections.l11_ball(groups, radius))
+  jitted = (jax.jit(jaxprune.projections.l1_ball)(x, radius),
+            jax.jit(jaxprune.projections.l11_ball)(groups, radius))
   for e, j in zip(eager, jitted):
     np.testing.assert_allclose(e, j, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(e == 0, j == 0)
@@ -408,7 +411,7 @@ def test_the_searches_agree_with_and_without_jit():
 ])
 def test_exact_small_cases(x, radius, want):
   x = jnp.asarray(x, jnp.float32)
-  np.testing.assert_allclose(jaxprune.l1_ball_projection(x, radius), want,
+  np.testing.assert_allclose(jaxprune.projections.l1_ball(x, radius), want,
                              rtol=1e-6)
   for search in _SEARCHES.values():
     tau = _threshold_by(search, jnp.abs(x), jnp.full((1,), radius, jnp.float32),
@@ -419,7 +422,7 @@ def test_exact_small_cases(x, radius, want):
 @pytest.mark.usefixtures("strict_dtypes")
 def test_equal_magnitudes_share_the_threshold():
   x = jnp.full((100_000,), -0.75, jnp.float32)
-  y = jaxprune.l1_ball_projection(x, 7500.0)  # tau = 0.675
+  y = jaxprune.projections.l1_ball(x, 7500.0)  # tau = 0.675
   np.testing.assert_allclose(y, -0.075, rtol=1e-5)
   assert float(jnp.sum(jnp.abs(y))) == pytest.approx(7500.0, rel=1e-5)
 
@@ -427,7 +430,7 @@ def test_equal_magnitudes_share_the_threshold():
 @pytest.mark.usefixtures("strict_dtypes")
 def test_nan_and_inf_inputs():
   nan, inf = float("nan"), float("inf")
-  project = jaxprune.l1_ball_projection
+  project = jaxprune.projections.l1_ball
   # A NaN makes every entry NaN, inside the ball or not.
   for radius in (1.0, 100.0):
     assert np.all(np.isnan(project(jnp.asarray([1.0, nan, -2.0]), radius)))
@@ -455,11 +458,11 @@ def test_float64_inputs_keep_float64_precision():
     r = 0.3 * np.abs(x).sum()
     tau = _sorted_threshold(np.abs(x), r)
     want = np.sign(x) * np.maximum(np.abs(x) - tau, 0)
-    y = jaxprune.l1_ball_projection(jnp.asarray(x), r)  # 63-bit keys
+    y = jaxprune.projections.l1_ball(jnp.asarray(x), r)  # 63-bit keys
     assert y.dtype == jnp.float64
     np.testing.assert_allclose(y, want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(
-        jaxprune.l11_ball_projection(jnp.asarray(x), r),
+        jaxprune.projections.l11_ball(jnp.asarray(x), r),
         _ref_l11(x, r), rtol=0, atol=1e-12)
 
 

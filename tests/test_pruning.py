@@ -286,6 +286,35 @@ def test_unknown_allocation():
     _tx(allocation="per-layer")
 
 
+def test_prune_with_nothing_to_prune_by_is_an_error():
+  # Neither a criterion and a schedule nor masks: it would train dense.
+  with pytest.raises(ValueError) as error:
+    jaxprune.prune(optax.sgd(0.1))
+  assert str(error.value) == (
+      "jaxprune.prune got no criterion, no schedule and no masks, so it would "
+      "never prune; pass a criterion and a schedule to prune during training "
+      "(criterion=jaxprune.criteria.magnitude, "
+      "schedule=jaxprune.schedules.polynomial(...)), or masks= to keep fixed "
+      "masks (e.g. from jaxprune.snip)")
+  with pytest.raises(ValueError, match="no criterion, no schedule and no masks"):
+    jaxprune.prune(optax.adam(1e-3), allocation="layerwise", seed=3,
+                   packed_masks=True)
+
+
+def test_prune_keeps_explicit_all_kept_masks():
+  # Fixed masks that keep everything are the explicit form of "all kept":
+  # the update is inner's own.
+  params = {"w": jnp.arange(1.0, 7.0).reshape(2, 3), "b": jnp.ones(3)}
+  masks = {"w": jnp.ones((2, 3), bool), "b": None}
+  tx = jaxprune.prune(optax.sgd(0.1), masks=masks)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  plain, _ = optax.sgd(0.1).update(grads, optax.sgd(0.1).init(params), params)
+  for name in ("w", "b"):
+    np.testing.assert_array_equal(updates[name], plain[name])
+  assert jaxprune.masks_of(state)["w"].tolist() == [[True] * 3] * 2
+
+
 def test_schedule_must_be_a_schedule():
   with pytest.raises(TypeError, match="schedule must be a jaxprune.schedules.Schedule"):
     _tx(schedule=lambda step: 0.5)

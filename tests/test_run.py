@@ -217,7 +217,7 @@ def test_snip_it_during_training_scores_fresh_batches_at_each_event(
     logits = state.apply_fn({"params": p}, batch["image"], train=False)
     return optax.softmax_cross_entropy_with_integer_labels(
         logits, batch["label"]).mean()
-  scores = jaxprune.sensitivity(loss, state.params,
+  scores = jaxprune.scores.sensitivity(loss, state.params,
                                 [init_batch(2), init_batch(3)])
   names = sorted(state.params)
   flat = np.concatenate([np.asarray(scores[n]["kernel"]).ravel() for n in names])

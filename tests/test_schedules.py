@@ -64,7 +64,7 @@ def test_piecewise_drops_levels_that_change_nothing():
         (lambda: schedules.polynomial(0.5, 0, 50, 10, power=0), "power"),
         (lambda: schedules.piecewise([0, 0], [0.1, 0.2]), "strictly increasing"),
         (lambda: schedules.piecewise([0, 1], [0.5, 0.2]), "must not decrease"),
-        (lambda: schedules.piecewise([0], [0.5, 0.6]), "1 steps but 2"),
+        (lambda: schedules.piecewise([0], [0.5, 0.6]), "got 1 step but 2 sparsities"),
     ],
 )
 def test_bad_input_raises_value_error(make, message):

@@ -233,9 +233,9 @@ def test_packed_masks_are_split_with_their_kernels():
 # Long enough for the radix search (jaxprune/_thresholds.py): the l1 leaf
 # in 16-bit digits, the 8192 group norms in 11-bit digits.
 _LONG_LEAVES = {
-    "l1": (lambda x: jaxprune.l1_ball_projection(x, 30.0), (512, 256)),
-    "l21": (lambda x: jaxprune.l21_ball_projection(x, 30.0), (8192, 8)),
-    "l11": (lambda x: jaxprune.l11_ball_projection(x, 30.0), (8192, 8)),
+    "l1": (lambda x: jaxprune.projections.l1_ball(x, 30.0), (512, 256)),
+    "l21": (lambda x: jaxprune.projections.l21_ball(x, 30.0), (8192, 8)),
+    "l11": (lambda x: jaxprune.projections.l11_ball(x, 30.0), (8192, 8)),
 }
 
 

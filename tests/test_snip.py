@@ -54,7 +54,7 @@ def _numpy_loss(params, batches):
 def test_sensitivity_matches_central_differences():
   params = _params()
   batches = _batches(3)
-  got = jaxprune.sensitivity(_loss, params, batches)
+  got = jaxprune.scores.sensitivity(_loss, params, batches)
   params64 = jax.tree.map(lambda p: np.asarray(p, np.float64), params)
   eps = 1e-6
   for layer in ("hidden", "out"):
@@ -86,7 +86,7 @@ def test_snip_keeps_the_top_sensitivities_exactly():
   params = _params()
   batches = _batches(2)
   masks = jaxprune.snip(_loss, params, batches, sparsity=0.8)
-  scores = jaxprune.sensitivity(_loss, params, batches)
+  scores = jaxprune.scores.sensitivity(_loss, params, batches)
   kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
   alive = [np.ones(k.shape, bool) for k in kernels]
   kept = 45 - round(0.8 * 45)
@@ -105,7 +105,7 @@ def test_snip_with_global_topk_is_the_plain_top_k_and_can_empty_a_layer():
   params = _params()
   params["hidden"]["kernel"] = params["hidden"]["kernel"] * 0.01
   batches = _batches(2)
-  scores = jaxprune.sensitivity(_loss, params, batches)
+  scores = jaxprune.scores.sensitivity(_loss, params, batches)
   kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
   alive = [np.ones(k.shape, bool) for k in kernels]
   assert np.sum(kernels[1] > kernels[0].max()) >= 3
@@ -136,7 +136,7 @@ def test_snip_it_rounds_rescore_the_surviving_network():
   current = jax.tree.map(lambda p: np.ones(p.shape, bool), params)
   for sparsity in rounds:
     masked = jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), params, current)
-    scores = jaxprune.sensitivity(_loss, masked, batches)
+    scores = jaxprune.scores.sensitivity(_loss, masked, batches)
     kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
     alive = [current[l]["kernel"] for l in ("hidden", "out")]
     want = reference.keep_top_k(kernels, alive, [0, 0],
@@ -263,7 +263,7 @@ def test_gradient_flow_is_w_times_hessian_gradient():
   loss = lambda p, b: 0.5 * jnp.sum((b[0] @ p["w"] - b[1]) ** 2) / 20
   batches = [(jnp.asarray(x[:10]), jnp.asarray(y[:10])),
              (jnp.asarray(x[10:]), jnp.asarray(y[10:]))]
-  got = jaxprune.gradient_flow(loss, {"w": jnp.asarray(w)}, batches)["w"]
+  got = jaxprune.scores.gradient_flow(loss, {"w": jnp.asarray(w)}, batches)["w"]
   x64, y64, w64 = (a.astype(np.float64) for a in (x, y, w))
   g = x64.T @ (x64 @ w64 - y64) / 20
   np.testing.assert_allclose(np.asarray(got), w64 * (x64.T @ x64 @ g / 20),
@@ -274,7 +274,7 @@ def test_gradient_flow_is_w_times_hessian_gradient():
 def test_grasp_keeps_the_highest_gradient_flow_scores():
   params, batches = _params(), _batches(2)
   masks = jaxprune.grasp(_loss, params, batches, sparsity=0.7)
-  scores = jaxprune.gradient_flow(_loss, params, batches)
+  scores = jaxprune.scores.gradient_flow(_loss, params, batches)
   kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
   want = reference.keep_top_k(kernels, [np.ones(k.shape, bool) for k in kernels],
                               [0, 0], [45 - round(0.7 * 45)], force_best=True)
@@ -311,13 +311,13 @@ def _two_weights_and_a_bias():
 def test_grasp_takes_g_and_h_over_the_prunable_leaves_by_default():
   params, loss = _two_weights_and_a_bias()
   # The authors': w * (H_ww g_w) = (3 * 3, -2 * -2) = (9, 4): keep w1.
-  got = jaxprune.gradient_flow(loss, params, [None])["kernel"]
+  got = jaxprune.scores.gradient_flow(loss, params, [None])["kernel"]
   np.testing.assert_allclose(np.asarray(got), [[9.0, 4.0]])
   assert jaxprune.grasp(loss, params, [None], sparsity=0.5)[
       "kernel"].tolist() == [[True, False]]
   # Every leaf: w * (H_ww g_w + H_wb g_b) = (3 * (3 - 1), -2 * (-2 - 2))
   # = (6, 8): keep w2.
-  got = jaxprune.gradient_flow(loss, params, [None], all_leaves=True)["kernel"]
+  got = jaxprune.scores.gradient_flow(loss, params, [None], all_leaves=True)["kernel"]
   np.testing.assert_allclose(np.asarray(got), [[6.0, 8.0]])
   assert jaxprune.grasp(loss, params, [None], sparsity=0.5, all_leaves=True)[
       "kernel"].tolist() == [[False, True]]
@@ -335,9 +335,9 @@ def test_grasp_default_is_gradient_flow_of_the_kernels_alone():
     return _loss({l: {"kernel": k[l], "bias": params[l]["bias"]}
                   for l in layers}, batch)
 
-  want = jaxprune.gradient_flow(kernel_loss, kernels, batches, all_leaves=True)
-  got = jaxprune.gradient_flow(_loss, params, batches)
-  every = jaxprune.gradient_flow(_loss, params, batches, all_leaves=True)
+  want = jaxprune.scores.gradient_flow(kernel_loss, kernels, batches, all_leaves=True)
+  got = jaxprune.scores.gradient_flow(_loss, params, batches)
+  every = jaxprune.scores.gradient_flow(_loss, params, batches, all_leaves=True)
   for l in layers:
     np.testing.assert_allclose(np.asarray(got[l]["kernel"]),
                                np.asarray(want[l]), rtol=1e-5, atol=1e-7)
@@ -351,7 +351,9 @@ def test_snip_it_during_training_rescores_fresh_batches_at_an_event():
   # optimizer state, which is kept.  prune(criterion=saliency) ranks by the
   # train step's own gradient instead, and keeps other weights.
   params, train_batches, fresh = _params(), _batches(3), _batches(5, seed=7)
-  tx = jaxprune.prune(optax.adam(1e-2))
+  all_kept = jax.tree.map(lambda p: jnp.ones(p.shape, bool) if p.ndim == 2
+                          else None, params)
+  tx = jaxprune.prune(optax.adam(1e-2), masks=all_kept)
   state = tx.init(params)
   update = jax.jit(tx.update)
   for batch in train_batches[:2]:
@@ -362,7 +364,7 @@ def test_snip_it_during_training_rescores_fresh_batches_at_an_event():
                         masks=jaxprune.masks_of(state))
   state = jaxprune.replace_masks(state, masks)
   params = jaxprune.apply_masks(params, masks)
-  scores = jaxprune.sensitivity(_loss, params, fresh)
+  scores = jaxprune.scores.sensitivity(_loss, params, fresh)
   kernels = [np.asarray(scores[l]["kernel"]) for l in ("hidden", "out")]
   want = reference.keep_top_k(kernels, [np.ones(k.shape, bool) for k in kernels],
                               [0, 0], [45 - round(0.5 * 45)], force_best=True)

@@ -72,7 +72,7 @@ def test_node_sensitivity_is_the_gradient_of_explicit_gates():
   model = _ConvNet()
   variables = _variables(model)
   batches = _batches()
-  got = jaxprune.node_sensitivity(
+  got = jaxprune.scores.node_sensitivity(
       _loss_fn(model, variables["batch_stats"]), variables["params"], batches,
       _LAYERS)
 
