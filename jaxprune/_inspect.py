@@ -100,7 +100,8 @@ def replace_masks(opt_state: Any, masks: Any) -> Any:
     >>> import jax, jax.numpy as jnp, optax
     >>> import jaxprune
     >>> params = {'w': jnp.array([[1.0, -2.0], [0.5, 3.0]])}
-    >>> tx = jaxprune.prune(optax.sgd(0.1))  # fixed masks, all kept
+    >>> tx = jaxprune.prune(optax.sgd(0.1),  # fixed masks, all kept
+    ...                     masks={'w': jnp.ones((2, 2), bool)})
     >>> opt_state = tx.init(params)
     >>> loss_fn = lambda p, x: jnp.sum((x @ p['w']) ** 2)
     >>> batches = [jnp.ones((4, 2))]  # fresh batches, evaluation mode

@@ -113,16 +113,17 @@ def node_sensitivity(
 ) -> dict[str, jax.Array]:
   """``|dL/dc|`` of every hidden unit's gate, summed over ``batches``.
 
-  Example: a linear network, where ``dL/dc_j`` is hidden unit ``j``'s
-  output times its outgoing weight.
+  In a linear network ``dL/dc_j`` is hidden unit ``j``'s output times its
+  outgoing weight.
 
+  Example:
     >>> import jax.numpy as jnp
     >>> import jaxprune
     >>> params = {'hidden': {'kernel': jnp.array([[1.0, 2.0]]),
     ...                      'bias': jnp.zeros(2)},
     ...           'out': {'kernel': jnp.array([[3.0], [1.0]])}}
     >>> def loss_fn(p, x):
-    ...   h = x @ p['hidden']['kernel'] + p['hidden']['bias']
+    ...   h = x @ p['hidden']['kernel'] + p['hidden']['bias'][None, :]
     ...   return jnp.sum(h @ p['out']['kernel'])
     >>> jaxprune.scores.node_sensitivity(loss_fn, params, [jnp.ones((1, 1))],
     ...                                  layers=['hidden', 'out'])

@@ -20,7 +20,9 @@ import pytest
 
 import jaxprune
 from jaxprune import criteria
+from jaxprune import projections
 from jaxprune import schedules
+from jaxprune import scores
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _DOCS = _ROOT / "docs"
@@ -38,8 +40,9 @@ def _name(page):
 
 def _public_names():
   """Every name the API reference must document, as ``jaxprune.NAME``."""
-  names = {f"jaxprune.{name}" for name in jaxprune.__all__}
-  for module in (criteria, schedules):
+  names = {f"jaxprune.{name}" for name in jaxprune.__all__
+           if not inspect.ismodule(getattr(jaxprune, name))}
+  for module in (criteria, schedules, scores, projections):
     public = set(getattr(module, "__all__", ()))
     public |= {
         name for name, value in vars(module).items()
