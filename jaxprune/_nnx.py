@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -113,3 +114,23 @@ def conformed(tree: Any, like: Any, what: str) -> Any:
             if part))
   return jax.tree_util.tree_map_with_path(
       lambda path, _: given[_trees.readable_path(path)], like)
+
+
+def as_functional(fn: Callable[..., Any], params: Any) -> tuple[Callable[..., Any], Any]:
+  """For an ``nnx.Module`` given where params go: ``fn(module, *args)`` as a
+  function of the module's plain ``nnx.Param`` values, and those values.
+
+  The module's other state (batch statistics, RNG counters) is copied into
+  every call, so that what ``fn`` changes in it stays inside the call.
+  Anything else comes back as given.
+  """
+  if not isinstance(params, nnx.Module):
+    return fn, params
+  graphdef, state, rest = nnx.split(params, nnx.Param, ...)
+
+  def on_values(values, *args, **kwargs):
+    module = nnx.merge(graphdef, conformed(values, state, "the params"),
+                       jax.tree.map(lambda x: x, rest))
+    return fn(module, *args, **kwargs)
+
+  return on_values, plain(state)

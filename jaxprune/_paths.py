@@ -45,6 +45,7 @@ from jaxprune import _allocation
 from jaxprune import _checks
 from jaxprune import _masked
 from jaxprune import _masks
+from jaxprune import _nnx
 from jaxprune import _plans
 from jaxprune import _trees
 
@@ -183,6 +184,7 @@ def synflow(
     TypeError: a leaf of the params that is not real floating-point.
   """
   caller = "jaxprune.synflow"
+  apply_fn, params = _nnx.as_functional(apply_fn, params)
   sparsity = _checks.check_sparsity(sparsity, "sparsity")
   if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
     raise ValueError(f"{caller}: rounds must be a positive integer, got {rounds!r}")
@@ -262,6 +264,8 @@ def connectivity(
     A :class:`Connectivity`.
   """
   input_shape = _check_input_shape(input_shape, "jaxprune.connectivity")
+  apply_fn, params = _nnx.as_functional(apply_fn, params)
+  masks = _nnx.conformed(masks, params, "the masks")
   is_none = lambda x: x is None
   _trees.check_same_structure(
       jax.tree.map(lambda _: 0, params),

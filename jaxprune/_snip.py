@@ -62,6 +62,7 @@ from jaxprune import _allocation
 from jaxprune import _checks
 from jaxprune import _masked
 from jaxprune import _masks
+from jaxprune import _nnx
 from jaxprune import _plans
 from jaxprune import _scoring
 from jaxprune import _trees
@@ -99,6 +100,7 @@ def sensitivity(loss_fn: LossFn, params: Any, batches: Sequence[Any]) -> Any:
     ValueError: if ``batches`` is empty.
     TypeError: if ``batches`` is one array rather than a sequence of them.
   """
+  loss_fn, params = _nnx.as_functional(loss_fn, params)
   _checks.check_batches(batches, "jaxprune.scores.sensitivity")
   batches = list(batches)
   if not batches:
@@ -267,6 +269,7 @@ def gradient_flow(
     ValueError: no batches, or (unless ``all_leaves``) a predicate that
       selects no leaf.
   """
+  loss_fn, params = _nnx.as_functional(loss_fn, params)
   _checks.check_batches(batches, "jaxprune.scores.gradient_flow")
   batches = list(batches)
   if not batches:
@@ -358,6 +361,7 @@ def _prune_in_rounds(caller, score_fn, loss_fn, params, batches, rounds,
   """Masks from ``score_fn(loss_fn, masked params, batches)``, round by round."""
   if not callable(loss_fn):
     raise TypeError(f"{caller}: loss_fn must be callable, got {loss_fn!r}")
+  loss_fn, params = _nnx.as_functional(loss_fn, params)
   if (isinstance(batches_per_round, bool)
       or not isinstance(batches_per_round, int) or batches_per_round < 1):
     raise ValueError(
@@ -385,4 +389,4 @@ def _prune_in_rounds(caller, score_fn, loss_fn, params, batches, rounds,
         loss_fn, _masks.apply_masks(params, masks), round_batches())
     _scoring.check_scores(scores, plan, caller)
     masks, _ = select(scores, masks, kept=jnp.asarray(plan.kept[level]))
-  return masks
+  return _nnx.plain(masks)

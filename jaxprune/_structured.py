@@ -66,10 +66,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxprune import _allocation
 from jaxprune import _checks
 from jaxprune import _masked
+from jaxprune import _nnx
 from jaxprune import _plans
 from jaxprune import _scoring
 from jaxprune import _snip
@@ -140,6 +142,7 @@ def node_sensitivity(
     ``{layer: float32 scores of its output units}`` for every layer but the
     last.
   """
+  loss_fn, params = _nnx.as_functional(loss_fn, params)
   _check_layers(params, layers, None, "jaxprune.scores.node_sensitivity")
   _checks.check_batches(batches, "jaxprune.scores.node_sensitivity")
   batches = list(batches)
@@ -180,6 +183,11 @@ def mask_nodes(
   Returns:
     The masked params (same shapes).
   """
+  if isinstance(params, nnx.Module):
+    nnx.update(params, _nnx.conformed(
+        mask_nodes(_nnx.plain(params), node_masks, layers=layers, norms=norms),
+        nnx.state(params, nnx.Param), "the masked params"))
+    return None
   norms = _check_layers(params, layers, norms, "jaxprune.mask_nodes")
   _check_node_masks(params, node_masks, layers, "jaxprune.mask_nodes")
   params = jax.tree.map(lambda x: x, params)  # a copy of the containers
@@ -252,6 +260,7 @@ def snap_it(
       leave fewer units than hidden layers, non-finite scores.
     TypeError: a leaf of the params that is not floating-point.
   """
+  loss_fn, params = _nnx.as_functional(loss_fn, params)
   norms = _check_layers(params, layers, norms, _CALLER)
   _trees.check_differentiable(params, _CALLER)
   sparsity = _checks.check_sparsity(sparsity, "sparsity")
@@ -291,8 +300,10 @@ class Shrunk(NamedTuple):
   """What :func:`shrink` returns.
 
   Attributes:
-    params: the smaller network's params.
-    batch_stats: its batch statistics (``None`` if none were given).
+    params: the smaller network's params (for Flax NNX, in the plain form of
+      ``nnx.state(model, nnx.Param)``).
+    batch_stats: its batch statistics (``None`` if none were given; for
+      NNX, the plain form of ``nnx.state(model, nnx.BatchStat)``).
     widths: ``{layer: output units}`` of every layer, for building the
       smaller model.
   """
@@ -300,6 +311,33 @@ class Shrunk(NamedTuple):
   params: Any
   batch_stats: Any
   widths: dict[str, int]
+
+  def load_into(self, module: nnx.Module) -> None:
+    """Puts the params (and batch statistics) into ``module``, a Flax NNX
+    model built with :attr:`widths`, in place.
+
+    Raises:
+      ValueError: naming the leaf, where ``module`` lacks a leaf or has one
+        of another shape (a model not built with these widths).
+    """
+    if not isinstance(module, nnx.Module):
+      raise TypeError(
+          f"Shrunk.load_into takes a Flax NNX module, got {type(module).__name__}")
+    for kind, values in ((nnx.Param, self.params),
+                         (nnx.BatchStat, self.batch_stats)):
+      if values is None:
+        continue
+      state = nnx.state(module, kind)
+      new = _nnx.conformed(values, state, "the shrunk network's leaves")
+      for path, old, leaf in zip(
+          (p for p, _ in _trees.leaves_with_paths(state)),
+          jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
+        if jnp.shape(old) != jnp.shape(leaf):
+          raise ValueError(
+              f"Shrunk.load_into: {_trees.path_string(path)} has shape "
+              f"{jnp.shape(old)} in the module but {jnp.shape(leaf)} in the "
+              "shrunk network; build the module with Shrunk.widths")
+      nnx.update(module, new)
 
 
 def _input_rows(channels: int, kept_channels: np.ndarray,
@@ -346,6 +384,10 @@ def shrink(
   Returns:
     A :class:`Shrunk`.
   """
+  if isinstance(params, nnx.Module):
+    if norms and batch_stats is None:
+      batch_stats = _nnx.plain(nnx.state(params, nnx.BatchStat)) or None
+    params = _nnx.plain(params)
   norms = _check_layers(params, layers, norms, "jaxprune.shrink")
   _check_node_masks(params, node_masks, layers, "jaxprune.shrink")
   original = params

@@ -146,3 +146,106 @@ def test_masks_missing_a_leaf_are_refused_naming_it():
     jaxprune.apply_masks(model, masks)
   with pytest.raises(ValueError, match="given to jaxprune.prune .*missing norm/bias"):
     nnx.Optimizer(model, jaxprune.prune(optax.sgd(0.1), masks=masks), wrt=nnx.Param)
+
+
+# --- before training, on the module itself -----------------------------------
+
+class _Twin(nnx.Module):
+  """Attributes named as Linen names its layers, so that its plain state is
+  the params dict of ``_LinenTwin``."""
+
+  def __init__(self, rngs, hidden=16):
+    self.Dense_0 = nnx.Linear(6, hidden, rngs=rngs)
+    self.Dense_1 = nnx.Linear(hidden, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.Dense_1(nnx.relu(self.Dense_0(x)))
+
+
+class _LinenTwin(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    hidden = nn.relu(nn.Dense(16)(x))
+    return nn.Dense(3)(hidden)
+
+
+def _twins():
+  model = _Twin(nnx.Rngs(3))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  x = jax.random.normal(jax.random.key(4), (8, 6))
+  batches = [(x, jnp.arange(8) % 3)]
+  return model, params, batches
+
+
+def _cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _assert_same_trees(a, b):
+  is_none = lambda x: x is None
+  assert jax.tree.structure(a, is_leaf=is_none) == jax.tree.structure(b, is_leaf=is_none)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("method", ["snip", "snip_it", "grasp"])
+def test_data_driven_masks_of_a_module_equal_the_linen_twins(method):
+  model, params, batches = _twins()
+  fn = getattr(jaxprune, method)
+  linen_loss = lambda p, b: _cross_entropy(_LinenTwin().apply({"params": p}, b[0]), b[1])
+  nnx_loss = lambda m, b: _cross_entropy(m(b[0]), b[1])
+  want = fn(linen_loss, params, batches, sparsity=0.8)
+  got = fn(nnx_loss, model, batches, sparsity=0.8)
+  _assert_same_trees(got, want)
+  assert got["Dense_0"]["bias"] is None
+  assert not isinstance(got, nnx.State)
+
+
+def test_scores_synflow_and_connectivity_of_a_module_equal_the_linen_twins():
+  model, params, batches = _twins()
+  linen_apply = lambda p, x: _LinenTwin().apply({"params": p}, x)
+  linen_loss = lambda p, b: _cross_entropy(linen_apply(p, b[0]), b[1])
+  nnx_loss = lambda m, b: _cross_entropy(m(b[0]), b[1])
+  _assert_same_trees(jaxprune.scores.sensitivity(nnx_loss, model, batches),
+                     jaxprune.scores.sensitivity(linen_loss, params, batches))
+  masks = jaxprune.synflow(lambda m, x: m(x), model, (6,), sparsity=0.9, rounds=5)
+  _assert_same_trees(masks, jaxprune.synflow(linen_apply, params, (6,), sparsity=0.9,
+                                             rounds=5))
+  got = jaxprune.connectivity(lambda m, x: m(x), model, masks, (6,))
+  want = jaxprune.connectivity(linen_apply, params, masks, (6,))
+  assert got == want
+  assert list(got.kept) == ["Dense_0/kernel", "Dense_1/kernel"]
+
+
+class _Normed(nnx.Module):
+
+  def __init__(self, rngs, hidden=12):
+    self.dense = nnx.Linear(5, hidden, rngs=rngs)
+    self.norm = nnx.BatchNorm(hidden, use_running_average=True, rngs=rngs)
+    self.out = nnx.Linear(hidden, 2, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(nnx.relu(self.norm(self.dense(x))))
+
+
+def test_snap_it_and_shrink_give_a_smaller_module_computing_the_same():
+  model = _Normed(nnx.Rngs(0))
+  model.norm.mean[...] = jnp.linspace(-0.5, 0.5, 12)
+  model.norm.var[...] = jnp.linspace(0.5, 2.0, 12)
+  x = jax.random.normal(jax.random.key(1), (16, 5))
+  batches = [(x, jnp.arange(16) % 2)]
+  loss = lambda m, b: _cross_entropy(m(b[0]), b[1])
+  layers, norms = ["dense", "out"], {"dense": "norm"}
+  node_masks = jaxprune.snap_it(loss, model, batches, sparsity=0.5,
+                                layers=layers, norms=norms)
+  assert int(node_masks["dense"].sum()) == 6
+  shrunk = jaxprune.shrink(model, node_masks, layers=layers, norms=norms)
+  assert shrunk.widths == {"dense": 6, "out": 2}
+  assert shrunk.batch_stats["norm"]["mean"].shape == (6,)
+  small = _Normed(nnx.Rngs(9), hidden=shrunk.widths["dense"])
+  shrunk.load_into(small)
+  assert jaxprune.mask_nodes(model, node_masks, layers=layers, norms=norms) is None
+  np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="dense/bias has shape \\(12,\\) in the module but \\(6,\\)"):
+    shrunk.load_into(_Normed(nnx.Rngs(0)))
