@@ -49,7 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
+from jaxprune import _nnx
 from jaxprune import _trees
 
 BETA = 2.0 / 3.0
@@ -248,6 +250,11 @@ def add_gates(
     ValueError: if no leaf is gated, a gated leaf is not in a dict or already
       has a gate, a drop rate is outside (0, 1), or the granularity is unknown.
   """
+  if isinstance(params, nnx.Module):
+    _add_gates_to_module(params, add_gates(
+        _nnx.plain(params), key, granularity=granularity,
+        drop_rate=drop_rate, gated=gated, rescale_weights=rescale_weights))
+    return None
   flags = jax.tree.leaves(_trees.prunable_mask(params, gated))
   chosen = []
   for (path, leaf), flag in zip(_trees.leaves_with_paths(params), flags):
@@ -320,6 +327,24 @@ def add_gates(
   return params
 
 
+def _submodule(module: nnx.Module, path: tuple) -> Any:
+  for key in path:
+    module = module[key] if isinstance(key, int) else getattr(module, key)
+  return module
+
+
+def _add_gates_to_module(module: nnx.Module, gated: Any) -> None:
+  """Sets every gate of ``gated`` (plain params) on ``module`` as an
+  ``nnx.Param`` beside the leaf it gates, and the (rescaled) weights."""
+  gates = _find_gates(gated)
+  for gate in gates:
+    key = gate_key(gate.name)
+    setattr(_submodule(module, gate.path), key,
+            nnx.Param(_node(gated, gate.path)[key]))
+  nnx.update(module, _nnx.conformed(
+      gated, nnx.state(module, nnx.Param), "the gated params"))
+
+
 def _rescaled(leaf: Any, d0: float) -> jax.Array:
   """``leaf / (1 - d0)``, in the leaf's dtype."""
   leaf = jnp.asarray(leaf)
@@ -370,6 +395,8 @@ def apply_gates(params: Any, key: jax.Array | None = None, *,
     bias of a gated filter) multiplied by its gates.  Differentiable in both
     the weights and ``log_alpha``.
   """
+  if isinstance(params, nnx.Module):
+    return _gated_module(params, key, louizos_test_gates)
   gates = _gates_or_raise(params, "apply_gates")
   values = _gate_values(params, gates, key, louizos_test_gates)
   for gate, z in zip(gates, values):
@@ -385,6 +412,20 @@ def apply_gates(params: Any, key: jax.Array | None = None, *,
   return _strip(params, gates)
 
 
+def _gated_module(module: nnx.Module, key: jax.Array | None,
+                  louizos_test_gates: bool) -> nnx.Module:
+  """A copy of ``module`` whose gated weights are multiplied by their gates;
+  its other state (batch statistics...) is the module's own."""
+  graphdef, state, rest = nnx.split(module, nnx.Param, ...)
+  values = _nnx.plain(state)
+  gated = apply_gates(values, key, louizos_test_gates=louizos_test_gates)
+  by_path = dict(_trees.leaves_with_paths(values))
+  by_path.update(_trees.leaves_with_paths(gated))
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, _: by_path[_trees.readable_path(path)], state)
+  return nnx.merge(graphdef, params, rest, recreate_variables=False)
+
+
 def hard_masks(params: Any, *, louizos_test_gates: bool = False) -> Any:
   """The final masks: True where the test-time gate is not exactly zero.
 
@@ -398,6 +439,7 @@ def hard_masks(params: Any, *, louizos_test_gates: bool = False) -> Any:
       and so the masks, are undefined).  Inside ``jit``, where nothing can
       raise, a NaN gate is not exactly zero and counts as kept.
   """
+  params = _nnx.without_variables(_nnx.params_of(params))
   gates = _gates_or_raise(params, "hard_masks")
   for gate in gates:
     log_alpha = _node(params, gate.path)[gate_key(gate.name)]
@@ -421,7 +463,7 @@ def hard_masks(params: Any, *, louizos_test_gates: bool = False) -> Any:
       return out
 
     masks = _rebuild(masks, gate.path, put)
-  return masks
+  return _nnx.plain(masks)
 
 
 class Density(NamedTuple):
@@ -456,6 +498,7 @@ def expected_density(params: Any) -> Density:
     >>> d.sizes, round(float(d.layers['d/kernel']), 3)
     ({'d/kernel': 6}, 0.5)
   """
+  params = _nnx.without_variables(_nnx.params_of(params))
   gates = _gates_or_raise(params, "expected_density")
   layers, sizes = {}, {}
   for gate in gates:
@@ -491,11 +534,15 @@ def gate_labels(params: Any) -> Any:
     >>> tx = optax.partition({'weights': optax.adam(7e-4),
     ...                       'gates': optax.adam(1e-2)}, jaxprune.gate_labels)
   """
-  labels = jax.tree.map(lambda _: "weights", params)
-  for gate in _gates_or_raise(params, "gate_labels"):
+  if isinstance(params, nnx.Module):
+    return gate_labels(_nnx.plain(params))
+  values = _nnx.without_variables(params)
+  labels = jax.tree.map(lambda _: "weights", values)
+  for gate in _gates_or_raise(values, "gate_labels"):
     key = gate_key(gate.name)
     labels = _rebuild(labels, gate.path, lambda m, key=key: {**m, key: "gates"})
-  return labels
+  # In the structure given: an nnx.Optimizer's state, under optax.partition.
+  return _nnx.conformed(labels, params, "the labels")
 
 
 class ClipLogAlphaState(NamedTuple):
@@ -534,6 +581,7 @@ def clip_log_alpha(
       raise ValueError("clip_log_alpha needs the params: call update(updates, state, params)")
     _trees.check_same_shapes(params, updates, "the updates (gradients)")
     gates = _gates_or_raise(params, "clip_log_alpha")
+    given = updates
     for gate in gates:
       key = gate_key(gate.name)
       p = _node(params, gate.path)[key]
@@ -543,6 +591,7 @@ def clip_log_alpha(
         return {**mapping, key: (jnp.clip(p + u, lower, upper) - p).astype(u.dtype)}
 
       updates = _rebuild(updates, gate.path, clip)
-    return updates, state
+    # Rebuilt as dicts; back in the given structure (an nnx.State's).
+    return _nnx.conformed(updates, given, "the clipped updates"), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -249,3 +249,49 @@ def test_snap_it_and_shrink_give_a_smaller_module_computing_the_same():
   np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="dense/bias has shape \\(12,\\) in the module but \\(6,\\)"):
     shrunk.load_into(_Normed(nnx.Rngs(0)))
+
+
+# --- L0 gates on the module --------------------------------------------------
+
+def test_gates_on_a_module_equal_the_gates_on_its_params():
+  model, params, (batch,) = _twins()
+  key = jax.random.key(5)
+  gated = jaxprune.add_gates(params, key, granularity="unit", rescale_weights=True)
+  assert jaxprune.add_gates(model, key, granularity="unit", rescale_weights=True) is None
+  assert isinstance(model.Dense_0.log_alpha, nnx.Param)
+  _assert_same_trees(nnx.to_pure_dict(nnx.state(model, nnx.Param)), gated)
+  sample = jax.random.key(6)
+  gated_model = jaxprune.apply_gates(model, sample)
+  want = _LinenTwin().apply({"params": jaxprune.apply_gates(gated, sample)}, batch[0])
+  np.testing.assert_allclose(gated_model(batch[0]), want, rtol=1e-6)
+  _assert_same_trees(jaxprune.hard_masks(model), jaxprune.hard_masks(gated))
+  assert jaxprune.gate_labels(model) == jaxprune.gate_labels(gated)
+  assert float(jaxprune.expected_l0(model)) == float(jaxprune.expected_l0(gated))
+
+
+def test_the_gated_copy_updates_the_models_batch_statistics():
+  model = _Normed(nnx.Rngs(0))
+  model.norm.use_running_average = False
+  jaxprune.add_gates(model, jax.random.key(0), granularity="unit")
+  before = np.asarray(model.norm.mean[...])
+  jaxprune.apply_gates(model, jax.random.key(1))(jnp.ones((4, 5)))
+  assert not np.array_equal(np.asarray(model.norm.mean[...]), before)
+
+
+def test_gates_trained_by_partition_under_nnx_optimizer():
+  model, _, (batch,) = _twins()
+  jaxprune.add_gates(model, jax.random.key(0), granularity="unit")
+  tx = optax.partition({"weights": optax.adam(1e-3), "gates": optax.sgd(0.0)},
+                       jaxprune.gate_labels)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  gates_before = np.asarray(model.Dense_0.log_alpha[...])
+  kernel_before = np.asarray(model.Dense_0.kernel[...])
+
+  @nnx.jit
+  def step(model, optimizer, key):
+    loss = lambda m: _cross_entropy(jaxprune.apply_gates(m, key)(batch[0]), batch[1])
+    optimizer.update(model, nnx.grad(loss)(model))
+
+  step(model, optimizer, jax.random.key(1))
+  np.testing.assert_array_equal(model.Dense_0.log_alpha[...], gates_before)
+  assert not np.array_equal(np.asarray(model.Dense_0.kernel[...]), kernel_before)

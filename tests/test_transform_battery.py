@@ -229,3 +229,37 @@ def test_nnx_optimizer_matches_the_functional_steps_and_compiles_once(make_nnx):
   assert masks["a"]["bias"] is None
   assert float(jaxprune.sparsity(model).global_sparsity) == pytest.approx(
       float(jaxprune.sparsity(params).global_sparsity))
+
+
+@pytest.fixture(params=list(transforms.GATED))
+def make_gated_nnx(request):
+  row = transforms.GATED[request.param]
+  return lambda inner: row(inner, _gated_params())
+
+
+def test_gated_rows_under_nnx_optimizer_match_the_functional_steps(make_gated_nnx):
+  model = _NnxModel()
+  jaxprune.add_gates(model, jax.random.key(0), granularity="unit")
+  params = _gated_params()
+  for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+                  jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  optimizer = nnx.Optimizer(model, make_gated_nnx(optax.adam(1e-1)), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, t):
+    optimizer.update(model, jax.tree.map(
+        lambda p: jnp.cos(p * (t + 1)).astype(p.dtype), nnx.state(model, nnx.Param)))
+
+  tx = make_gated_nnx(optax.adam(1e-1))
+  state = tx.init(params)
+  functional_step = jax.jit(lambda p, s, t: tx.update(_grads(p, t), s, p))
+  for t in range(6):
+    step(model, optimizer, jnp.asarray(t, jnp.float32))
+    updates, state = functional_step(params, state, jnp.asarray(t, jnp.float32))
+    params = optax.apply_updates(params, updates)
+  got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert float(jaxprune.expected_density(model).model) == pytest.approx(
+      float(jaxprune.expected_density(params).model), rel=1e-5)
