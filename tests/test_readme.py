@@ -23,6 +23,19 @@ def test_quick_start_is_the_script():
   assert _blocks("python")[0] == script
 
 
+def test_nnx_quick_start_is_the_script_and_runs_as_printed():
+  script = (_ROOT / "experiments" / "quickstart_nnx.py").read_text()
+  assert _blocks("python")[1] == script
+  result = subprocess.run(
+      [sys.executable, "experiments/quickstart_nnx.py"],
+      cwd=_ROOT, capture_output=True, text=True, timeout=300, check=True,
+  )
+  first, *table = result.stdout.splitlines()
+  assert "sparsity 0.900" in first, result.stdout
+  assert [line.split()[0] for line in table] == [
+      "global", "hidden1/kernel", "hidden2/kernel", "out/kernel"]
+
+
 def test_quick_start_runs_as_printed():
   result = subprocess.run(
       [sys.executable, "experiments/quickstart.py"],
@@ -67,3 +80,9 @@ def test_sharding_example_runs_as_printed_on_8_devices():
   spec, sparsity = result.stdout.strip().rsplit(" ", 1)
   assert spec == "P('fsdp', None)"
   assert float(sparsity) == round(0.9 * 1024 * 256) / (1024 * 256)
+
+
+def test_readme_is_a_front_page_of_at_most_250_lines():
+  lines = (_ROOT / "README.md").read_text().splitlines()
+  assert len(lines) <= 250, len(lines)
+  assert not re.search(r"\b(issue|session)s? ?#?\d", "\n".join(lines), re.IGNORECASE)
