@@ -145,15 +145,17 @@ def replace_masks(opt_state: Any, masks: Any) -> Any:
   _trees.check_same_structure(
       jax.tree.map(lambda _: 0, current, is_leaf=is_none),
       jax.tree.map(lambda _: 0, masks, is_leaf=is_none), "the masks")
-  for old, new in zip(jax.tree.leaves(current), jax.tree.leaves(masks)):
+  for (path, old), new in zip(_trees.leaves_with_paths(current),
+                              jax.tree.leaves(masks)):
+    where = _trees.path_string(path)
     if jnp.shape(new) != jnp.shape(old):
       raise ValueError(
-          f"replace_masks: a mask has shape {jnp.shape(new)} where the "
-          f"state's has {jnp.shape(old)}")
+          f"replace_masks: the mask of {where} has shape {jnp.shape(new)}, "
+          f"but the state's has {jnp.shape(old)}")
     if jnp.result_type(new) != jnp.bool_:
       raise TypeError(
-          f"replace_masks: a mask has dtype {jnp.result_type(new)}; masks "
-          "are boolean")
+          f"replace_masks: the mask of {where} has dtype "
+          f"{jnp.result_type(new)}; masks are boolean")
   replaced = state._replace(masks=_packing.packed_like(
       jax.tree.map(jnp.asarray, masks), state.masks))
   return jax.tree.map(lambda x: replaced if x is state else x, opt_state,

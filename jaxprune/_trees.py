@@ -186,8 +186,8 @@ def check_same_shapes(params: Any, tree: Any, what: str) -> None:
   for (path, p), leaf in zip(leaves_with_paths(params), jax.tree.leaves(tree)):
     if np.shape(leaf) != np.shape(p):
       raise ValueError(
-          f"{what} at {path_string(path)} has shape {np.shape(leaf)}, but "
-          f"the param has shape {np.shape(p)}"
+          f"the shape of {what} at {path_string(path)} is {np.shape(leaf)}, "
+          f"but the param's is {np.shape(p)}"
       )
 
 

@@ -315,8 +315,8 @@ _NO_BIAS = {"a": {"kernel": _P["a"]["kernel"]}, "b": _P["b"]}
 _TRANSPOSED = {**_P, "a": {**_P["a"], "kernel": _P["a"]["kernel"].T}}
 _ONLY_A = {"a": _P["a"]}
 _GRADS_STRUCTURE = r"the structure of the updates \(gradients\) is not that"
-_GRADS_SHAPE = (r"the updates \(gradients\) at a/kernel has shape \(4, 3\), "
-                r"but the param has shape \(3, 4\)")
+_GRADS_SHAPE = (r"the shape of the updates \(gradients\) at a/kernel is \(4, 3\), "
+                r"but the param's is \(3, 4\)")
 
 
 @pytest.mark.parametrize("fn, error, match", [
@@ -350,7 +350,7 @@ _GRADS_SHAPE = (r"the updates \(gradients\) at a/kernel has shape \(4, 3\), "
                  "state of type PruneState, not the FlipOutState",
                  id="flipout-state-type"),
     pytest.param(_update(jaxprune.project_l1(1.0), grads=_TRANSPOSED),
-                 ValueError, "the updates tree at a/kernel has shape",
+                 ValueError, "the shape of the updates tree at a/kernel is",
                  id="project_l1-grads-shape"),
     pytest.param(_update(jaxprune.project_l1(1.0), state_params=_ONLY_A),
                  ValueError, "the masks in the optimizer state",

@@ -295,3 +295,18 @@ def test_gates_trained_by_partition_under_nnx_optimizer():
   step(model, optimizer, jax.random.key(1))
   np.testing.assert_array_equal(model.Dense_0.log_alpha[...], gates_before)
   assert not np.array_equal(np.asarray(model.Dense_0.kernel[...]), kernel_before)
+
+
+def test_replace_masks_names_the_leaf_of_a_wrong_mask():
+  model = _Mlp(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, jaxprune.prune(
+      optax.sgd(0.1), criterion=criteria.magnitude,
+      schedule=schedules.one_shot(0.5, 0)), wrt=nnx.Param)
+  masks = jaxprune.masks_of(optimizer)
+  masks["layers"][1]["kernel"] = masks["layers"][1]["kernel"].astype(jnp.float32)
+  with pytest.raises(TypeError, match="the mask of layers/1/kernel has dtype float32"):
+    jaxprune.replace_masks(optimizer, masks)
+  masks["layers"][1]["kernel"] = jnp.ones((3, 8), bool)
+  with pytest.raises(ValueError, match=r"layers/1/kernel has shape \(3, 8\), but the state's "
+                                       r"has \(8, 3\)"):
+    jaxprune.replace_masks(optimizer, masks)
