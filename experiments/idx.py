@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
 import math
 import os
 import pathlib
@@ -41,8 +40,6 @@ __all__ = [
     "read_examples",
     "read_idx",
 ]
-
-_log = logging.getLogger(__name__)
 
 # The original IDX files: (images, labels) per split.
 FILES = {
@@ -197,19 +194,34 @@ def read_examples(images_path, labels_path, split: str):
 
 
 def fetch(name: str, source_dir: pathlib.Path | None, dl_manager) -> dict:
-  """The four checked files of ``name``: local if present, else downloaded.
+  """The four checked files of ``name``: from ``source_dir`` if given, else
+  downloaded.
 
-  A local folder holding only some of the files is an error, not a reason to
-  download: it is most likely an incomplete copy.
+  A source directory that was given but does not hold the four files (a
+  mistyped path, an incomplete copy) is an error, not a reason to download:
+  the download would only be the wrong answer, slowly (or, offline, minutes
+  of retries).
+
+  Raises:
+    MissingFileError: ``source_dir/name`` lacks some of the files; the
+      message names the folder and every missing file.
+    ChecksumError: a file without its published sha256.
   """
   checksums = SHA256[name]
-  folder = None if source_dir is None else source_dir / name
-  present = [f for f in checksums if folder is not None and (folder / f).exists()]
-  if present:
-    paths = {f: folder / f for f in checksums}
-  else:
-    if folder is not None:
-      _log.warning("no %s files in %s; downloading them", name, folder)
+  if source_dir is None:
     urls = {f: URLS[name] + f for f in checksums}
     paths = {f: pathlib.Path(p) for f, p in dl_manager.download(urls).items()}
+  else:
+    folder = source_dir / name
+    paths = {f: folder / f for f in checksums}
+    missing = [f for f, path in paths.items() if not path.is_file()]
+    if missing:
+      where = (f"{folder} does not exist" if not folder.is_dir() else
+               f"{folder} lacks {len(missing)} of the 4 files")
+      raise MissingFileError(
+          f"the source directory {source_dir} (source_dir or "
+          f"$JAXPRUNE_DATA_DIR) does not hold the {name} files: {where}: "
+          f"{', '.join(missing)}. Copy the original IDX files there, or give "
+          "no source directory to download them"
+      )
   return {f: check_sha256(paths[f], checksums[f]) for f in checksums}

@@ -144,10 +144,9 @@ def test_fetch_downloads_from_canonical_urls_and_verifies(tmp_path):
       for f in data.SHA256["mnist"]
   }
   assert paths == {f: SOURCE / "mnist" / f for f in data.SHA256["mnist"]}
-  # An empty source folder also downloads; a wrong download is caught.
-  (tmp_path / "fashion_mnist").mkdir()
+  # A wrong download is caught.
   with pytest.raises(data.ChecksumError, match="3aede38d6186"):
-    idx.fetch("fashion_mnist", tmp_path, dl)
+    idx.fetch("fashion_mnist", None, dl)
   assert dl.urls["t10k-images-idx3-ubyte.gz"] == (
       "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
       "t10k-images-idx3-ubyte.gz"
@@ -208,13 +207,51 @@ def test_corrupt_file_raises_checksum_error(tmp_path, damage):
   assert not (tmp_path / "tfds" / "jaxprune_mnist" / "1.0.0").exists()
 
 
+class NoDownloads:
+  """A download manager that fails at once: nothing may be downloaded."""
+
+  def download(self, urls):
+    raise AssertionError(f"tried to download {sorted(urls)}")
+
+
+@needs_files
+@pytest.mark.parametrize("case", [
+    "no such directory", "no mnist folder", "the mnist folder itself",
+    "one file missing", "two files missing"])
+def test_a_source_directory_without_the_files_fails_at_once(
+    tmp_path, monkeypatch, case):
+  # Given through the environment, the way the runner gets it; it used to
+  # mean a download (here, minutes of retries before a ConnectionError).
+  names = list(data.SHA256["mnist"])
+  missing = {"one file missing": names[1:2],
+             "two files missing": names[2:]}.get(case, names)
+  source = copy_source(tmp_path, skip=missing)
+  given = {"no such directory": tmp_path / "absent",
+           "no mnist folder": tmp_path / "empty",
+           "the mnist folder itself": source / "mnist"}.get(case, source)
+  (tmp_path / "empty").mkdir()
+  monkeypatch.setenv("JAXPRUNE_DATA_DIR", str(given))
+  monkeypatch.setenv("JAXPRUNE_TFDS_DIR", str(tmp_path / "tfds"))
+  monkeypatch.setattr(tfds.download.DownloadManager, "download",
+                      lambda self, urls: NoDownloads().download(urls))
+  with pytest.raises(data.MissingFileError) as e:
+    data.load("mnist", "test")
+  message = str(e.value)
+  assert f"source directory {given} " in message
+  assert str(given / "mnist") in message
+  assert ", ".join(missing) in message
+  assert [n for n in names if n in message] == missing
+  with pytest.raises(data.MissingFileError, match="does not exist"):
+    idx.fetch("mnist", tmp_path / "absent", NoDownloads())
+
+
 @needs_files
 def test_missing_file_raises(tmp_path):
   source = copy_source(tmp_path, skip={"train-labels-idx1-ubyte.gz"})
   with pytest.raises(data.MissingFileError) as e:
     data.load("mnist", "test", source_dir=source, tfds_dir=tmp_path / "tfds")
-  assert str(source / "mnist" / "train-labels-idx1-ubyte.gz") in str(e.value)
-  assert data.SHA256["mnist"]["train-labels-idx1-ubyte.gz"] in str(e.value)
+  assert str(source / "mnist") in str(e.value)
+  assert "lacks 1 of the 4 files: train-labels-idx1-ubyte.gz." in str(e.value)
 
 
 @needs_files
