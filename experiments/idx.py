@@ -33,8 +33,10 @@ __all__ = [
     "LABELS_MAGIC",
     "MissingFileError",
     "NUM_CLASSES",
+    "ARRAYS_SHA256",
     "SHA256",
     "URLS",
+    "arrays_sha256",
     "check_sha256",
     "fetch",
     "read_examples",
@@ -65,6 +67,22 @@ SHA256 = {
         "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
         "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
         "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+}
+# The sha256 (`arrays_sha256`) of each split's images [N, 28, 28, 1] uint8
+# and labels [N] int32, as `read_examples` gives them.  The published
+# checksums above pin the files, and so these arrays: a copy of them kept on
+# disk (the prepared records, their decoded arrays) is checked against these
+# constants of the code, which nothing written to disk can change.  A change
+# of the arrays' layout changes them, with this code.
+ARRAYS_SHA256 = {
+    "mnist": {
+        "train": "ecb3b9c31921ecaf9f5bb2c8d32be36457031b2ea052183f186b077ff9876ccf",
+        "test": "1d1306e589085ebeb6724f338911a82eeb6463b62ce4a0ec325634351802de1b",
+    },
+    "fashion_mnist": {
+        "train": "8df3d0c47be5c517e85c8d5da5f4e07092802bea55e53338c890628d49aef270",
+        "test": "2aa085c2feb6cb427b47acf1eb5453e6c876aeeef62f179267f5511d3a2713fa",
     },
 }
 # Where they are downloaded from when no local folder has them.
@@ -132,6 +150,15 @@ def check_sha256(path: str | os.PathLike, expected: str) -> pathlib.Path:
         f"{expected}, found sha256 {found} ({path.stat().st_size} bytes)"
     )
   return path
+
+
+def arrays_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+  """The sha256 of a split's arrays: their dtypes, shapes and bytes."""
+  digest = hashlib.sha256()
+  for array in (images, labels):
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+  return digest.hexdigest()
 
 
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
