@@ -36,18 +36,22 @@ import os
 import numpy as np
 
 from experiments import tfds_builders
+from experiments.idx import ARRAYS_SHA256
 from experiments.idx import SHA256
 from experiments.idx import ChecksumError
 from experiments.idx import IdxFormatError
 from experiments.idx import MissingFileError
 from experiments.idx import check_sha256
 from experiments.idx import read_idx
+from experiments.tfds_builders import CorruptPreparedDataError
 from experiments.tfds_builders import FashionMnistBuilder
 from experiments.tfds_builders import MnistBuilder
 from experiments.tfds_builders import builder
 
 __all__ = [
+    "ARRAYS_SHA256",
     "ChecksumError",
+    "CorruptPreparedDataError",
     "FashionMnistBuilder",
     "IMAGE_SHAPES",
     "IdxFormatError",
@@ -142,7 +146,12 @@ def load(
 
   Raises:
     ValueError: an unknown name or split.
-    MissingFileError, ChecksumError: a bad file in the source directory.
+    MissingFileError, ChecksumError: a bad file in the source directory, or
+      a source directory (given, or ``$JAXPRUNE_DATA_DIR``) without the
+      four files.
+    CorruptPreparedDataError: the prepared data set in the tfds directory
+      does not read or is not the original data; the message names its
+      directory, to delete.
     ImportError: CIFAR-10 without TensorFlow.
   """
   check_name(name)
@@ -151,9 +160,11 @@ def load(
   if name == "cifar10":
     images, labels = tfds_builders.cifar10_arrays(split, source_dir, tfds_dir)
     return Split(images=images, labels=labels, name=name)
-  b = tfds_builders.prepared(
-      lambda: builder(name, source_dir=source_dir, tfds_dir=tfds_dir))
-  images, labels = tfds_builders.decoded(b, split)
+  with tfds_builders.reading_prepared(
+      tfds_builders.data_dir(name, tfds_dir), split):
+    b = tfds_builders.prepared(
+        lambda: builder(name, source_dir=source_dir, tfds_dir=tfds_dir))
+    images, labels = tfds_builders.decoded(b, split)
   images.flags.writeable = labels.flags.writeable = False
   return Split(images=images, labels=labels, name=name)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
 import math
 import os
 import pathlib
@@ -34,15 +33,15 @@ __all__ = [
     "LABELS_MAGIC",
     "MissingFileError",
     "NUM_CLASSES",
+    "ARRAYS_SHA256",
     "SHA256",
     "URLS",
+    "arrays_sha256",
     "check_sha256",
     "fetch",
     "read_examples",
     "read_idx",
 ]
-
-_log = logging.getLogger(__name__)
 
 # The original IDX files: (images, labels) per split.
 FILES = {
@@ -68,6 +67,22 @@ SHA256 = {
         "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
         "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
         "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+}
+# The sha256 (`arrays_sha256`) of each split's images [N, 28, 28, 1] uint8
+# and labels [N] int32, as `read_examples` gives them.  The published
+# checksums above pin the files, and so these arrays: a copy of them kept on
+# disk (the prepared records, their decoded arrays) is checked against these
+# constants of the code, which nothing written to disk can change.  A change
+# of the arrays' layout changes them, with this code.
+ARRAYS_SHA256 = {
+    "mnist": {
+        "train": "ecb3b9c31921ecaf9f5bb2c8d32be36457031b2ea052183f186b077ff9876ccf",
+        "test": "1d1306e589085ebeb6724f338911a82eeb6463b62ce4a0ec325634351802de1b",
+    },
+    "fashion_mnist": {
+        "train": "8df3d0c47be5c517e85c8d5da5f4e07092802bea55e53338c890628d49aef270",
+        "test": "2aa085c2feb6cb427b47acf1eb5453e6c876aeeef62f179267f5511d3a2713fa",
     },
 }
 # Where they are downloaded from when no local folder has them.
@@ -137,6 +152,15 @@ def check_sha256(path: str | os.PathLike, expected: str) -> pathlib.Path:
   return path
 
 
+def arrays_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+  """The sha256 of a split's arrays: their dtypes, shapes and bytes."""
+  digest = hashlib.sha256()
+  for array in (images, labels):
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+  return digest.hexdigest()
+
+
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
   """Reads a gzipped IDX file of unsigned bytes.
 
@@ -197,19 +221,34 @@ def read_examples(images_path, labels_path, split: str):
 
 
 def fetch(name: str, source_dir: pathlib.Path | None, dl_manager) -> dict:
-  """The four checked files of ``name``: local if present, else downloaded.
+  """The four checked files of ``name``: from ``source_dir`` if given, else
+  downloaded.
 
-  A local folder holding only some of the files is an error, not a reason to
-  download: it is most likely an incomplete copy.
+  A source directory that was given but does not hold the four files (a
+  mistyped path, an incomplete copy) is an error, not a reason to download:
+  the download would only be the wrong answer, slowly (or, offline, minutes
+  of retries).
+
+  Raises:
+    MissingFileError: ``source_dir/name`` lacks some of the files; the
+      message names the folder and every missing file.
+    ChecksumError: a file without its published sha256.
   """
   checksums = SHA256[name]
-  folder = None if source_dir is None else source_dir / name
-  present = [f for f in checksums if folder is not None and (folder / f).exists()]
-  if present:
-    paths = {f: folder / f for f in checksums}
-  else:
-    if folder is not None:
-      _log.warning("no %s files in %s; downloading them", name, folder)
+  if source_dir is None:
     urls = {f: URLS[name] + f for f in checksums}
     paths = {f: pathlib.Path(p) for f, p in dl_manager.download(urls).items()}
+  else:
+    folder = source_dir / name
+    paths = {f: folder / f for f in checksums}
+    missing = [f for f, path in paths.items() if not path.is_file()]
+    if missing:
+      where = (f"{folder} does not exist" if not folder.is_dir() else
+               f"{folder} lacks {len(missing)} of the 4 files")
+      raise MissingFileError(
+          f"the source directory {source_dir} (source_dir or "
+          f"$JAXPRUNE_DATA_DIR) does not hold the {name} files: {where}: "
+          f"{', '.join(missing)}. Copy the original IDX files there, or give "
+          "no source directory to download them"
+      )
   return {f: check_sha256(paths[f], checksums[f]) for f in checksums}

@@ -19,10 +19,20 @@ and each one's id are detected on Cloud TPU, SLURM and Open MPI, or given:
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import socket
 import sys
+import threading
 
 from experiments import config as config_lib
+
+# How long --distributed waits for every process to join (--join-timeout):
+# jax.distributed.initialize's own default.
+JOIN_TIMEOUT_S = 300.0
+# Seconds jax.distributed.initialize itself waits past it, so that the
+# runner's error (`_join`) comes first.
+_JAX_MARGIN_S = 30
 
 
 def _parse(argv):
@@ -51,13 +61,25 @@ def _parse(argv):
                       help="with --distributed: how many processes take part")
   parser.add_argument("--process-id", type=int, metavar="I",
                       help="with --distributed: this process, 0 to N - 1")
+  parser.add_argument("--join-timeout", type=float, metavar="SECONDS",
+                      help="with --distributed: how long to wait for all "
+                      "processes to join before failing with an error that "
+                      f"names them (default {JOIN_TIMEOUT_S:.0f})")
   args = parser.parse_args(argv)
   given = [f"--{name.replace('_', '-')}"
-           for name in ("coordinator", "num_processes", "process_id")
+           for name in ("coordinator", "num_processes", "process_id",
+                        "join_timeout")
            if getattr(args, name) is not None]
   if given and not args.distributed:
     parser.error(f"{', '.join(given)}: only with --distributed")
+  if args.join_timeout is not None and not args.join_timeout > 0:
+    parser.error(f"--join-timeout must be a positive number of seconds, got "
+                 f"{args.join_timeout}")
   return args
+
+
+class JoinTimeoutError(RuntimeError):
+  """The processes of a ``--distributed`` run did not all join in time."""
 
 
 def _join(args) -> None:
@@ -67,16 +89,79 @@ def _join(args) -> None:
   TCP, bootstrapped by the coordination service): JAX 0.10 uses it by
   default, older versions only when asked.  The option configures the CPU
   client alone, so it changes nothing on TPU or GPU.
+
+  ``jax.distributed.initialize`` waits for every process to register; when
+  one never does, it ends the process from C++ (``DEADLINE_EXCEEDED``, a
+  fatal log that no ``except`` catches, and no word of which process is
+  missing).  So it runs in a thread, given ``--join-timeout`` plus a margin,
+  and past ``--join-timeout`` this raises :class:`JoinTimeoutError` instead,
+  naming the coordinator, the number of processes, this process and, where
+  it can be known, who is missing.
   """
   import jax
 
   if jax.config.jax_cpu_collectives_implementation is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(
-      coordinator_address=args.coordinator,
-      num_processes=args.num_processes,
-      process_id=args.process_id,
-  )
+  timeout = JOIN_TIMEOUT_S if args.join_timeout is None else args.join_timeout
+  failed = []
+
+  def initialize():
+    try:
+      jax.distributed.initialize(
+          coordinator_address=args.coordinator,
+          num_processes=args.num_processes,
+          process_id=args.process_id,
+          initialization_timeout=math.ceil(timeout) + _JAX_MARGIN_S,
+      )
+    except BaseException as error:  # pylint: disable=broad-except  # re-raised
+      failed.append(error)
+
+  thread = threading.Thread(target=initialize, daemon=True,
+                            name="jax.distributed.initialize")
+  thread.start()
+  thread.join(timeout)
+  if thread.is_alive():  # left behind: the process is about to end
+    raise JoinTimeoutError(_not_joined(args, timeout))
+  if failed:
+    raise failed[0]
+
+
+def _not_joined(args, timeout: float) -> str:
+  """Who did not join, as far as this process can tell."""
+  where = args.coordinator or "the coordinator detected by JAX"
+  count = (f"{args.num_processes} processes" if args.num_processes is not None
+           else "the number of processes detected by JAX")
+  me = ("this process" if args.process_id is None
+        else f"this process (id {args.process_id})")
+  if args.process_id == 0 or args.coordinator is None:
+    if args.process_id == 0 and args.num_processes is not None:
+      others = ("process 1" if args.num_processes == 2 else
+                f"at least one of processes 1 to {args.num_processes - 1}")
+      missing = (f"{others} did not join (process 0 runs the coordinator and "
+                 "cannot tell which of the others are missing)")
+    else:
+      missing = "at least one of the other processes did not join"
+  elif not _answers(args.coordinator):
+    missing = (f"process 0 (the coordinator) is not listening at "
+               f"{args.coordinator}: it was not started, has stopped, or "
+               "listens elsewhere")
+  else:
+    missing = ("the coordinator (process 0) answers, so at least one of the "
+               "other processes did not join")
+  return (f"--distributed: not all {count} joined within {timeout:g} s at "
+          f"{where} ({me} did): {missing}. Start every process with the same "
+          "--coordinator and --num-processes and its own --process-id, or "
+          "wait longer with --join-timeout SECONDS")
+
+
+def _answers(address: str) -> bool:
+  """Whether something accepts TCP connections at ``HOST:PORT``."""
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+      return True
+  except (OSError, ValueError):
+    return False
 
 
 def main(argv=None) -> int:
@@ -96,6 +181,9 @@ def main(argv=None) -> int:
             "Open MPI, give --coordinator HOST:PORT, --num-processes N and "
             "--process-id I)", file=sys.stderr)
       return 2
+    except JoinTimeoutError as error:
+      print(f"error: {error}", file=sys.stderr)
+      return 1
   from experiments import train
 
   workdir = args.workdir or os.path.join("runs", config.name)

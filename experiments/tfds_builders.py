@@ -7,7 +7,10 @@ TensorFlow nor a network connection: the original IDX files
 (``mnist/`` and ``fashion_mnist/`` sub-folders) when there is one, and
 downloaded otherwise.  :func:`prepared` prepares a builder's records once
 (safely when several processes race to), :func:`decoded` reads a split's
-arrays from them once and keeps them beside the records.
+arrays from them once and keeps them beside the records.  Both check what
+they read: a prepared data set that does not read, or whose records are not
+the original data, raises :class:`CorruptPreparedDataError` naming its
+directory (:func:`reading_prepared` turns tfds's own errors into it).
 
 Environment variables:
   JAXPRUNE_DATA_DIR: the source directory when ``source_dir`` is not given.
@@ -17,11 +20,12 @@ Environment variables:
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import os
 import pathlib
 import sys
+import traceback
 import zipfile
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -35,14 +39,17 @@ from experiments import idx
 from experiments import progress
 
 __all__ = [
+    "CorruptPreparedDataError",
     "DATA_DIR_ENV",
     "FashionMnistBuilder",
     "MnistBuilder",
     "TFDS_DIR_ENV",
     "builder",
     "cifar10_arrays",
+    "data_dir",
     "decoded",
     "prepared",
+    "reading_prepared",
     "resolve_source_dir",
     "resolve_tfds_dir",
 ]
@@ -51,6 +58,11 @@ DATA_DIR_ENV = "JAXPRUNE_DATA_DIR"
 TFDS_DIR_ENV = "JAXPRUNE_TFDS_DIR"
 
 _READ_CHUNK = 10_000  # records per `__getitems__` call
+
+
+class CorruptPreparedDataError(ValueError):
+  """A prepared data set (tfds's files under the tfds directory) does not
+  read, or does not hold the original data."""
 
 
 def resolve_source_dir(source_dir) -> pathlib.Path | None:
@@ -175,6 +187,60 @@ def builder(
   )
 
 
+def data_dir(name: str, tfds_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Where :func:`builder` keeps the prepared ``name``: its data directory
+  under the tfds directory (``TFDS_DIR/jaxprune_mnist/1.0.0``)."""
+  cls = _BUILDERS[name]
+  return resolve_tfds_dir(tfds_dir) / cls.name / str(cls.VERSION)
+
+
+@contextlib.contextmanager
+def reading_prepared(directory: str | os.PathLike, split: str):
+  """Turns the errors of reading an already prepared data set into a
+  :class:`CorruptPreparedDataError` that names ``directory`` and says how
+  to prepare it again.
+
+  tfds and array_record report damage in their own words, without a path
+  (``Corrupted Riegeli/records file ... at byte N``, a ``UnicodeDecodeError``
+  or ``ParseError`` from a garbled ``dataset_info.json``, a ``KeyError`` for
+  a missing one).  Only a directory that existed before the block is blamed:
+  errors while preparing a new one (a bad IDX file) pass unchanged, as do
+  the data-file errors of :mod:`experiments.idx`.
+  """
+  directory = pathlib.Path(directory)
+  existed = directory.is_dir()
+  try:
+    yield
+  except (CorruptPreparedDataError, idx.ChecksumError, idx.MissingFileError,
+          idx.IdxFormatError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # tfds's many kinds
+    if not existed:
+      raise
+    raise CorruptPreparedDataError(
+        f"the prepared data set in {directory} does not read: "
+        f"{_read_in(directory, split, e)}: {type(e).__name__}: {e}. "
+        f"{_REBUILD.format(directory=directory)}"
+    ) from e
+
+
+_REBUILD = ("Delete that directory (rm -r {directory}) and load again: it is "
+            "prepared anew from the IDX files")
+
+
+def _read_in(directory: pathlib.Path, split: str, error: Exception) -> str:
+  """The files of ``directory`` that ``error`` most likely comes from."""
+  frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+  if "__init__" in frames or "download_and_prepare" in frames:
+    return f"its {directory / 'dataset_info.json'} (or features.json)"
+  return f"the {split} records ({_records_of(directory, split)})"
+
+
+def _records_of(directory: pathlib.Path, split: str) -> str:
+  found = sorted(directory.glob(f"*-{split}.array_record*"))
+  return ", ".join(str(p) for p in found) or f"no {split} records there"
+
+
 def prepared(
     make_builder: Callable[[], tfds.core.DatasetBuilder],
 ) -> tfds.core.DatasetBuilder:
@@ -210,47 +276,52 @@ def decoded(b: tfds.core.DatasetBuilder, split: str):
   training images on this project's CPU (5 s on a loaded one), paid by
   every process that loads them.  The arrays are then kept beside the
   records, in ``decoded/SPLIT.npz`` under the builder's data directory,
-  with their sha256, and later loads read them (0.2 s, digest included).
-  A kept file that does not match its digest or the split's size is read
-  again from the records and replaced.
+  and later loads read them (0.2 s, digest included).
+
+  Both the kept arrays and those read from the records are checked against
+  the split's sha256 in :data:`experiments.idx.ARRAYS_SHA256`, a constant
+  of the code fixed by the IDX files' published checksums, not a digest
+  kept beside the data (which whoever rewrites the data can rewrite too).
+  A kept file that does not match it is read again from the records and
+  replaced; records that do not match it raise
+  :class:`CorruptPreparedDataError`.
   """
   source = b.as_data_source(split=split)
   if not os.path.isdir(b.data_dir):  # records not on disk (tfds mock data)
     return _read_all(source)
+  expected = idx.ARRAYS_SHA256[b.DATASET][split]
   path = pathlib.Path(b.data_dir) / "decoded" / f"{split}.npz"
-  kept = _read_decoded(path, len(source))
+  kept = _read_decoded(path, expected)
   if kept is not None:
     return kept
   images, labels = _read_all(source)
+  found = idx.arrays_sha256(images, labels)
+  if found != expected:
+    raise CorruptPreparedDataError(
+        f"the prepared data set in {b.data_dir} is not the original "
+        f"{b.DATASET}: the {split} records "
+        f"({_records_of(pathlib.Path(b.data_dir), split)}) hold arrays of "
+        f"sha256 {found}, expected {expected}. "
+        f"{_REBUILD.format(directory=b.data_dir)}"
+    )
   path.parent.mkdir(exist_ok=True)
   with files.replaced_atomically(path) as f:
-    np.savez(f, images=images, labels=labels,
-             sha256=np.asarray(_arrays_digest(images, labels)))
+    np.savez(f, images=images, labels=labels)
   return images, labels
 
 
-def _arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
-  digest = hashlib.sha256()
-  for array in (images, labels):
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).data)
-  return digest.hexdigest()
-
-
-def _read_decoded(path: pathlib.Path, size: int):
-  """The arrays kept at ``path`` if they are whole and ``size`` long, else
+def _read_decoded(path: pathlib.Path, expected: str):
+  """The arrays kept at ``path`` if they have the sha256 ``expected``, else
   None."""
   try:
     with np.load(path) as f:
-      images, labels, digest = f["images"], f["labels"], str(f["sha256"])
+      images, labels = f["images"], f["labels"]
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
     # absent, torn or foreign
     return None
-  if (images.shape != (size, *idx.IMAGE_SHAPE) or images.dtype != np.uint8
-      or labels.shape != (size,) or labels.dtype != np.int32
-      or digest != _arrays_digest(images, labels)):
-    logging.warning("jaxprune: %s does not match its digest or its split; "
-                    "reading the records again", path)
+  if idx.arrays_sha256(images, labels) != expected:
+    logging.warning("jaxprune: %s is not the original data (its sha256 is not "
+                    "the split's); reading the records again", path)
     return None
   return images, labels
 

@@ -144,10 +144,9 @@ def test_fetch_downloads_from_canonical_urls_and_verifies(tmp_path):
       for f in data.SHA256["mnist"]
   }
   assert paths == {f: SOURCE / "mnist" / f for f in data.SHA256["mnist"]}
-  # An empty source folder also downloads; a wrong download is caught.
-  (tmp_path / "fashion_mnist").mkdir()
+  # A wrong download is caught.
   with pytest.raises(data.ChecksumError, match="3aede38d6186"):
-    idx.fetch("fashion_mnist", tmp_path, dl)
+    idx.fetch("fashion_mnist", None, dl)
   assert dl.urls["t10k-images-idx3-ubyte.gz"] == (
       "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
       "t10k-images-idx3-ubyte.gz"
@@ -208,13 +207,51 @@ def test_corrupt_file_raises_checksum_error(tmp_path, damage):
   assert not (tmp_path / "tfds" / "jaxprune_mnist" / "1.0.0").exists()
 
 
+class NoDownloads:
+  """A download manager that fails at once: nothing may be downloaded."""
+
+  def download(self, urls):
+    raise AssertionError(f"tried to download {sorted(urls)}")
+
+
+@needs_files
+@pytest.mark.parametrize("case", [
+    "no such directory", "no mnist folder", "the mnist folder itself",
+    "one file missing", "two files missing"])
+def test_a_source_directory_without_the_files_fails_at_once(
+    tmp_path, monkeypatch, case):
+  # Given through the environment, the way the runner gets it; it used to
+  # mean a download (here, minutes of retries before a ConnectionError).
+  names = list(data.SHA256["mnist"])
+  missing = {"one file missing": names[1:2],
+             "two files missing": names[2:]}.get(case, names)
+  source = copy_source(tmp_path, skip=missing)
+  given = {"no such directory": tmp_path / "absent",
+           "no mnist folder": tmp_path / "empty",
+           "the mnist folder itself": source / "mnist"}.get(case, source)
+  (tmp_path / "empty").mkdir()
+  monkeypatch.setenv("JAXPRUNE_DATA_DIR", str(given))
+  monkeypatch.setenv("JAXPRUNE_TFDS_DIR", str(tmp_path / "tfds"))
+  monkeypatch.setattr(tfds.download.DownloadManager, "download",
+                      lambda self, urls: NoDownloads().download(urls))
+  with pytest.raises(data.MissingFileError) as e:
+    data.load("mnist", "test")
+  message = str(e.value)
+  assert f"source directory {given} " in message
+  assert str(given / "mnist") in message
+  assert ", ".join(missing) in message
+  assert [n for n in names if n in message] == missing
+  with pytest.raises(data.MissingFileError, match="does not exist"):
+    idx.fetch("mnist", tmp_path / "absent", NoDownloads())
+
+
 @needs_files
 def test_missing_file_raises(tmp_path):
   source = copy_source(tmp_path, skip={"train-labels-idx1-ubyte.gz"})
   with pytest.raises(data.MissingFileError) as e:
     data.load("mnist", "test", source_dir=source, tfds_dir=tmp_path / "tfds")
-  assert str(source / "mnist" / "train-labels-idx1-ubyte.gz") in str(e.value)
-  assert data.SHA256["mnist"]["train-labels-idx1-ubyte.gz"] in str(e.value)
+  assert str(source / "mnist") in str(e.value)
+  assert "lacks 1 of the 4 files: train-labels-idx1-ubyte.gz." in str(e.value)
 
 
 @needs_files
@@ -536,10 +573,10 @@ def test_decoded_arrays_are_kept_and_a_damaged_copy_is_replaced(
   np.testing.assert_array_equal(again.labels, mnist_test.labels)
   good = kept.read_bytes()
   with np.load(kept) as f:
-    images, labels, digest = f["images"].copy(), f["labels"], f["sha256"]
-  images[7, 3, 3, 0] ^= 1  # one flipped bit, kept with the old digest
+    images, labels = f["images"].copy(), f["labels"]
+  images[7, 3, 3, 0] ^= 1  # one flipped bit
   damaged = {"a flipped pixel": lambda: np.savez(
-                 kept, images=images, labels=labels, sha256=digest),
+                 kept, images=images, labels=labels),
              "a torn file": lambda: kept.write_bytes(good[:len(good) // 2]),
              "no file": kept.unlink}
   for what, damage in damaged.items():
@@ -549,4 +586,111 @@ def test_decoded_arrays_are_kept_and_a_damaged_copy_is_replaced(
     np.testing.assert_array_equal(again.images, mnist_test.images, err_msg=what)
     np.testing.assert_array_equal(again.labels, mnist_test.labels, err_msg=what)
     assert kept.read_bytes() == good, what  # read from the records, rewritten
-    assert ("does not match" in caplog.text) == (what == "a flipped pixel")
+    assert ("not the original data" in caplog.text) == (what == "a flipped pixel")
+
+
+def test_a_rewritten_decoded_copy_with_a_recomputed_digest_is_replaced(
+    mnist_test, tfds_dir, tmp_path, caplog):
+  # The kept arrays, rewritten with other pixels and labels and a digest
+  # recomputed over them, stored inside the file the way it used to be: the
+  # expected digest is a constant of the code, so they are still refused.
+  copy = tmp_path / "tfds"
+  shutil.copytree(tfds_dir / "jaxprune_mnist", copy / "jaxprune_mnist")
+  kept = next(copy.glob("jaxprune_mnist/*/decoded/test.npz"))
+  good = kept.read_bytes()
+  with np.load(kept) as f:
+    images, labels = f["images"].copy(), f["labels"].copy()
+  images[0] = 255 - images[0]
+  labels[0] = (labels[0] + 1) % 10
+  digest = hashlib.sha256()
+  for array in (images, labels):
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+  np.savez(kept, images=images, labels=labels,
+           sha256=np.asarray(digest.hexdigest()))
+  again = data.load("mnist", "test", source_dir=tmp_path / "absent",
+                    tfds_dir=copy)
+  np.testing.assert_array_equal(again.images, mnist_test.images)
+  np.testing.assert_array_equal(again.labels, mnist_test.labels)
+  assert f"{kept} is not the original data" in caplog.text
+  assert kept.read_bytes() == good  # rewritten from the records
+  assert data.ARRAYS_SHA256["mnist"]["test"] == idx.arrays_sha256(
+      mnist_test.images, mnist_test.labels)
+
+
+def _flip(path, at):
+  raw = bytearray(path.read_bytes())
+  raw[int(len(raw) * at)] ^= 0xFF
+  path.write_bytes(bytes(raw))
+
+
+def _truncate(path):
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+RECORDS = "jaxprune_mnist-test.array_record-00000-of-00001"
+INFO = "dataset_info.json"
+# How each copy is damaged, and the file the error names (tfds reads the
+# records a split's info announces, so wrong lengths show in the records).
+DAMAGES = {
+    "truncated records": (RECORDS, _truncate, RECORDS),
+    "records with a flipped byte": (RECORDS, lambda p: _flip(p, 0.5), RECORDS),
+    "records with a flipped byte in a chunk": (
+        RECORDS, lambda p: _flip(p, 0.01), RECORDS),
+    "no records": (RECORDS, pathlib.Path.unlink, "no test records there"),
+    "dataset_info.json not UTF-8": (
+        INFO, lambda p: p.write_bytes(b"\xff\xfe{garbage"), INFO),
+    "truncated dataset_info.json": (INFO, _truncate, INFO),
+    "dataset_info.json with wrong lengths": (
+        INFO, lambda p: p.write_text(p.read_text().replace('"10000"', '"10001"')),
+        RECORDS),
+    "no dataset_info.json": (INFO, pathlib.Path.unlink, INFO),
+}
+
+
+def _prepared_copy(tfds_dir, tmp_path):
+  """A copy of the prepared MNIST without its decoded arrays (so that the
+  records are read), and its data directory."""
+  copy = tmp_path / "tfds"
+  shutil.copytree(tfds_dir / "jaxprune_mnist", copy / "jaxprune_mnist",
+                  ignore=shutil.ignore_patterns("decoded"))
+  return copy, data.tfds_builders.data_dir("mnist", copy)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_corrupt_prepared_data_set_names_its_directory(
+    mnist_test, tfds_dir, tmp_path, damage):
+  # tfds's own errors named no path (`Corrupted Riegeli/records file ... at
+  # byte N`, UnicodeDecodeError, KeyError).
+  copy, directory = _prepared_copy(tfds_dir, tmp_path)
+  file, spoil, named = DAMAGES[damage]
+  spoil(directory / file)
+  with pytest.raises(data.CorruptPreparedDataError) as e:
+    data.load("mnist", "test", source_dir=tmp_path / "absent", tfds_dir=copy)
+  message = str(e.value)
+  assert f"the prepared data set in {directory} does not read: " in message
+  assert (named if named.startswith("no ") else str(directory / named)) in message
+  assert f"Delete that directory (rm -r {directory}) and load again" in message
+  assert not (directory / "decoded" / "test.npz").exists()
+  if damage == "truncated records":  # deleted, it is prepared again
+    shutil.rmtree(directory)
+    again = data.load("mnist", "test", source_dir=SOURCE, tfds_dir=copy)
+    np.testing.assert_array_equal(again.images, mnist_test.images)
+
+
+def test_prepared_records_that_are_not_the_original_data_are_refused(
+    mnist_test, tfds_dir, tmp_path):
+  # Records that read but hold other data: the training records copied over
+  # the test ones (their first 10,000 read as the test split).  Caught by
+  # the split's digest, a constant of the code.
+  copy, directory = _prepared_copy(tfds_dir, tmp_path)
+  shutil.copyfile(directory / RECORDS.replace("-test.", "-train."),
+                  directory / RECORDS)
+  with pytest.raises(data.CorruptPreparedDataError) as e:
+    data.load("mnist", "test", source_dir=tmp_path / "absent", tfds_dir=copy)
+  message = str(e.value)
+  assert f"the prepared data set in {directory} is not the original mnist" in (
+      message)
+  assert f"expected {data.ARRAYS_SHA256['mnist']['test']}" in message
+  assert str(directory / RECORDS) in message and "rm -r" in message
+  assert not (directory / "decoded").exists()
