@@ -36,6 +36,9 @@ class Config:
   momentum: float = 0.9
   weight_decay: float = 0.0
   seed: int = 0
+  # The model's Flax API: linen (experiments.models) or nnx (its twin in
+  # experiments.nnx_models; params named after the NNX attributes).
+  flax_api: str = "linen"  # linen | nnx
   # Pruning.
   method: str = "magnitude"  # see experiments.methods.METHODS
   sparsity: float = 0.9

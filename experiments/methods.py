@@ -40,7 +40,7 @@ import optax
 
 import jaxprune
 from experiments import data
-from experiments import models
+from experiments import networks
 from experiments import reports
 from experiments.config import Config
 
@@ -309,9 +309,11 @@ def _l0_penalty(inner, config: Config, masks):
 def _add_gates(config: Config, params: Any) -> Any:
   """The initial params with L0 gates added."""
 
+  first = min(params)  # the layers' names sort in call order
+
   def drop_rate(path, leaf):  # Louizos et al.: 0.2 for an MLP's input layer
     del leaf
-    first_dense = config.model == "lenet300100" and path[0] == "Dense_0"
+    first_dense = config.model == "lenet300100" and path[0] == first
     return config.input_drop_rate if first_dense else config.drop_rate
 
   granularity = {"unit": "unit", "weight": "weight"}.get(config.gates)
@@ -427,7 +429,8 @@ def _shrunk_network(config: Config, model, variables, batches) -> Pruned:
   removed: the smaller network and its params.
 
   The layers are the params' top-level entries in name order (``Conv_*``
-  then ``Dense_*``: call order for the sequential models with ``widths``).
+  then ``Dense_*`` with Linen, ``conv*``, ``hidden*`` then ``out`` with NNX:
+  call order for the sequential models with ``widths``).
   """
   params = variables["params"]
   layers = sorted(params)
@@ -437,8 +440,7 @@ def _shrunk_network(config: Config, model, variables, batches) -> Pruned:
                            batches_per_round=config.init_batches)
   small = jaxprune.shrink(params, nodes, layers=layers)
   widths = tuple(small.widths[name] for name in layers[:-1])
-  return Pruned(models.get_model(config.model, num_classes=10, widths=widths),
-                small.params, None)
+  return Pruned(networks.get(config, widths=widths), small.params, None)
 
 
 def _widths(state, config: Config) -> dict:

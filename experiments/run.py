@@ -187,7 +187,8 @@ def main(argv=None) -> int:
   from experiments import train
 
   workdir = args.workdir or os.path.join("runs", config.name)
-  print(f"{config.name}: {config.model} on {config.dataset}, method "
+  api = " (Flax NNX)" if config.flax_api == "nnx" else ""
+  print(f"{config.name}: {config.model}{api} on {config.dataset}, method "
         f"{config.method}, target sparsity {config.sparsity}, {config.steps} "
         f"steps, {jax.device_count()} device(s) [{jax.default_backend()}]"
         + (f", process {jax.process_index()} of {jax.process_count()}"

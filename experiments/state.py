@@ -22,7 +22,7 @@ import jaxprune
 from experiments import batching
 from experiments import data
 from experiments import methods
-from experiments import models
+from experiments import networks
 from experiments.config import Config
 
 __all__ = ["TrainState", "create_state", "initial_state", "optimizer"]
@@ -102,7 +102,7 @@ def create_state(config: Config, model, sample: np.ndarray,
 def initial_state(config: Config, train_split=None) -> TrainState:
   """The replicated initial state, from the model's input shape (and, for a
   before-training method, from ``train_split``)."""
-  model = models.get_model(config.model, num_classes=10)
+  model = networks.get(config)
   shape = data.IMAGE_SHAPES[config.dataset]
   state = create_state(config, model, np.zeros((1, *shape), np.float32),
                        train_split)

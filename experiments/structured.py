@@ -35,7 +35,7 @@ from experiments import config as config_lib
 from experiments import data
 from experiments import files
 from experiments import methods
-from experiments import models
+from experiments import networks
 from experiments import reports
 from experiments import sweep
 from experiments.config import Config
@@ -77,7 +77,7 @@ def _forward(config: Config, state):
   widths = None
   if methods.get(config.method).shrinks:  # the hidden widths of its params
     widths = tuple(reports.widths(state.params).values())[:-1]
-  model = models.get_model(config.model, widths=widths)
+  model = networks.get(config, widths=widths)
   return jax.jit(lambda params, x: model.apply({"params": params}, x))
 
 
