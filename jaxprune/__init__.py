@@ -35,6 +35,7 @@ from jaxprune._projections import ProjectionState
 from jaxprune._projections import project_l1
 from jaxprune._projections import project_l11
 from jaxprune._projections import project_l21
+from jaxprune._prune_once import prune_once
 from jaxprune._pruning import PruneState
 from jaxprune._pruning import prune
 from jaxprune._snip import grasp
@@ -85,6 +86,7 @@ __all__ = (
     "project_l21",
     "projections",
     "prune",
+    "prune_once",
     "replace_masks",
     "schedules",
     "scores",
