@@ -44,8 +44,11 @@ def _steps_problems(old: Config, new: Config) -> list[str]:
   if new.lr_schedule != "constant":
     problems.append(f"the {new.lr_schedule} learning-rate schedule follows "
                     "the run's length")
-  if new.method == "flipout":
-    problems.append("FlipOut's max_steps is the run's length")
+  bounds = (255, 65535)  # FlipOut counts flips in uint8, uint16 or int32
+  if new.method == "flipout" and any((old.steps <= b) != (new.steps <= b)
+                                     for b in bounds):
+    problems.append("FlipOut's flip counters would change their dtype "
+                    "(uint8 up to 255 steps, uint16 up to 65535)")
   return problems
 
 
