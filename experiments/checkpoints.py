@@ -39,6 +39,7 @@ __all__ = [
     "restore",
     "restore_newest_good",
     "save",
+    "saved_run",
 ]
 
 
@@ -81,12 +82,15 @@ def digest(state: TrainState) -> dict[str, str]:
   return digest
 
 
-def save(manager, step: int, state: TrainState) -> None:
-  """Writes ``state`` and its digest as the checkpoint of ``step``."""
-  saved = manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      digest=ocp.args.JsonSave(digest(state)),
-  ))
+def save(manager, step: int, state: TrainState, run: dict | None = None) -> None:
+  """Writes ``state`` and its digest as the checkpoint of ``step``, with
+  ``run`` (a JSON object: the config and the bests so far, see
+  :func:`saved_run`) beside them if given."""
+  items = {"state": ocp.args.StandardSave(state),
+           "digest": ocp.args.JsonSave(digest(state))}
+  if run is not None:
+    items["run"] = ocp.args.JsonSave(run)
+  saved = manager.save(step, args=ocp.args.Composite(**items))
   if not saved:  # Orbax skips, silently, a step not past its latest one
     raise RuntimeError(f"the checkpoint of step {step} was not written: "
                        f"{manager.directory} holds step {manager.latest_step()}")
@@ -138,6 +142,27 @@ def restore(manager, step: int, like: TrainState) -> TrainState:
         f"({len(differ)} differ: {', '.join(differ[:3])}"
         f"{', ...' if len(differ) > 3 else ''})")
   return restored.state
+
+
+def saved_run(manager, step: int) -> dict | None:
+  """The ``run`` object saved with the checkpoint of ``step``; None for a
+  checkpoint written without one.
+
+  Raises:
+    CheckpointError: it does not read.
+  """
+  path = _step_path(manager, step)
+  if not (path / "run").is_dir():
+    return None
+  try:
+    run = manager.restore(step, args=ocp.args.Composite(
+        run=ocp.args.JsonRestore())).run
+  except Exception as error:  # Orbax and TensorStore raise many types
+    raise CheckpointError(path, step, f"its run record does not read "
+                          f"({_first_line(error)})") from error
+  if not isinstance(run, dict):
+    raise CheckpointError(path, step, "its run record is not a JSON object")
+  return run
 
 
 def restore_newest_good(manager, like: TrainState, workdir: pathlib.Path):

@@ -19,6 +19,8 @@ import pathlib
 import typing
 from collections.abc import Sequence
 
+from experiments import config_checks
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -158,18 +160,26 @@ def resolve(name_or_file: str, overrides: Sequence[str] = ()) -> Config:
   if name_or_file in PRESETS:
     base = PRESETS[name_or_file]
   elif pathlib.Path(name_or_file).is_file():
-    fields = json.loads(pathlib.Path(name_or_file).read_text())
+    try:
+      fields = json.loads(pathlib.Path(name_or_file).read_text())
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{name_or_file}: not JSON ({error})") from None
+    if not isinstance(fields, dict):
+      raise ValueError(f"{name_or_file}: a JSON config is an object of "
+                       f"fields, not a {type(fields).__name__}")
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(fields) - known)
     if unknown:
       raise ValueError(f"{name_or_file}: unknown config fields {unknown}")
-    base = Config(**fields)
+    base = Config(**config_checks.typed_fields(Config, fields, name_or_file))
   else:
     raise ValueError(
         f"{name_or_file!r} is neither a preset ({sorted(PRESETS)}) nor a "
         "JSON config file"
     )
-  return apply_overrides(base, overrides)
+  config = apply_overrides(base, overrides)
+  config_checks.check_name(config.name)
+  return config
 
 
 def to_dict(config: Config) -> dict:

@@ -172,6 +172,10 @@ def main(argv=None) -> int:
   from experiments import config as config_lib
 
   seeds = [int(s) for s in args.seeds.split(",")]
+  try:
+    sweep.cell_overrides(args.set)
+  except ValueError as error:
+    parser.error(str(error))
   configs = [config_lib.apply_overrides(c, args.set) for c in cells(args.only, seeds)]
   root = pathlib.Path(args.root)
   if not args.only_collect:

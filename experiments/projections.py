@@ -120,6 +120,10 @@ def main(argv=None) -> int:
   parser = sweep.script_parser("projections", jobs=2, seeds="0")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
+  try:
+    sweep.cell_overrides(args.set)
+  except ValueError as error:
+    parser.error(str(error))
   configs = [config_lib.apply_overrides(c, args.set) for c in cells(seeds)]
   root = pathlib.Path(args.root)
   if not args.only_collect:

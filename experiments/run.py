@@ -1,5 +1,10 @@
 """Entry point: ``python -m experiments.run CONFIG [--set key=value ...] --workdir DIR``.
 
+Exit status: 0 when the run ends; 2 for a bad command line or config, or a
+work directory or resume that is refused; 1 when a checkpoint cannot be
+written or none restores; 143 after SIGTERM and 130 after SIGINT (Ctrl-C),
+once the current step is saved (``experiments.stopping``).
+
 CONFIG is a preset name (see ``experiments/config.py``) or a JSON file of
 config fields.  Example, the README's main job:
 
@@ -19,6 +24,7 @@ and each one's id are detected on Cloud TPU, SLURM and Open MPI, or given:
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import socket
@@ -47,6 +53,9 @@ def _parse(argv):
   parser.add_argument("--workdir", help="output directory (default: runs/NAME)")
   parser.add_argument("--resume", action="store_true",
                       help="continue from the latest checkpoint in the workdir")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="without --resume: delete the checkpoints in the "
+                      "workdir and start afresh (refused otherwise)")
   parser.add_argument("--no-progress", action="store_true",
                       help="no progress on stderr (a bar on a terminal, a "
                       "line every 30 s or so in a log)")
@@ -164,6 +173,22 @@ def _answers(address: str) -> bool:
     return False
 
 
+class _NoOrbaxErrors(logging.Filter):
+  """Drops Orbax's error reports (with a traceback per thread): the runner
+  reports a failed checkpoint write itself, in one line."""
+
+  def filter(self, record):
+    return not (record.levelno >= logging.ERROR
+                and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def quiet_orbax_errors() -> None:
+  """Orbax's error reports are left to the runner (``_NoOrbaxErrors``)."""
+  logger = logging.getLogger("absl")
+  if not any(isinstance(f, _NoOrbaxErrors) for f in logger.filters):
+    logger.addFilter(_NoOrbaxErrors())
+
+
 def main(argv=None) -> int:
   args = _parse(sys.argv[1:] if argv is None else argv)
   try:
@@ -184,6 +209,9 @@ def main(argv=None) -> int:
     except JoinTimeoutError as error:
       print(f"error: {error}", file=sys.stderr)
       return 1
+  from experiments import checkpoint_writer
+  from experiments import resume_check
+  from experiments import stopping
   from experiments import train
 
   workdir = args.workdir or os.path.join("runs", config.name)
@@ -193,9 +221,27 @@ def main(argv=None) -> int:
         f"steps, {jax.device_count()} device(s) [{jax.default_backend()}]"
         + (f", process {jax.process_index()} of {jax.process_count()}"
            if jax.process_count() > 1 else ""))
-  summary = train.train_and_evaluate(
-      config, workdir, resume=args.resume, progress=not args.no_progress
-  )
+  quiet_orbax_errors()
+  try:
+    with stopping.StopSignals(enabled=jax.process_count() == 1) as stop:
+      summary = train.train_and_evaluate(
+          config, workdir, resume=args.resume, progress=not args.no_progress,
+          overwrite=args.overwrite, stop=stop,
+      )
+  except stopping.Stopped as stopped:
+    print(f"{stopped}", file=sys.stderr, flush=True)
+    return stopping.exit_code(stopped.signum)
+  except checkpoint_writer.CheckpointWriteError as error:
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # Orbax's threads may wait for the failed write for ever: no shutdown.
+    os._exit(1)
+  except (FileExistsError, resume_check.ConfigMismatch, train.LogError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  except train.CheckpointError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
   print(f"final test accuracy {summary['final_test_accuracy']:.4f} "
         f"(best {summary['best_test_accuracy']:.4f}), global sparsity "
         f"{summary['global_sparsity']:.4f}, {summary['wall_time_s']:.0f} s")

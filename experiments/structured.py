@@ -238,6 +238,10 @@ def main(argv=None) -> int:
                            "as they were timed)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
+  try:
+    sweep.cell_overrides(args.set)
+  except ValueError as error:
+    parser.error(str(error))
   configs = [config_lib.apply_overrides(c, args.set)
              for c in cells(args.models.split(","), seeds)]
   root = pathlib.Path(args.root)

@@ -165,6 +165,20 @@ def _up_to_date(workdir: pathlib.Path, config: Config) -> bool:
   return json.loads(summary.read_text())["config"] == config_lib.to_dict(config)
 
 
+def cell_overrides(overrides: Sequence[str]) -> list[str]:
+  """The ``--set`` overrides of every cell of a sweep; a name is refused: it
+  would put every cell in one work directory.
+
+  Raises:
+    ValueError: naming the override.
+  """
+  for item in overrides:
+    if item.partition("=")[0].strip() == "name":
+      raise ValueError(f"--set {item}: every cell of a sweep has its own name "
+                       "(and work directory); --root puts the cells elsewhere")
+  return list(overrides)
+
+
 def run_cells(configs: Sequence[Config], root: pathlib.Path, jobs: int) -> None:
   """Runs the cells not yet done, ``jobs`` processes at a time."""
   pending = [c for c in configs if not _up_to_date(root / c.name, c)]
@@ -181,11 +195,14 @@ def run_cells(configs: Sequence[Config], root: pathlib.Path, jobs: int) -> None:
       c = pending.pop(0)
       workdir = root / c.name
       workdir.mkdir(parents=True, exist_ok=True)
+      # An interrupted cell continues; a cell of another config starts afresh.
+      again = ("--overwrite" if (workdir / "summary.json").exists()
+               else "--resume")
       (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(c)))
       log = open(workdir / "log.txt", "w")
       process = subprocess.Popen(
           [sys.executable, "-m", "experiments.run", str(workdir / "config.json"),
-           "--workdir", str(workdir), "--no-progress"],
+           "--workdir", str(workdir), "--no-progress", again],
           stdout=log, stderr=subprocess.STDOUT, env=env,
       )
       running.append((process, c, time.perf_counter()))
@@ -426,7 +443,11 @@ def main(argv=None) -> int:
     cells = sweep.cells(seeds, only)
   except ValueError as e:
     parser.error(str(e))
-  configs = [config_lib.apply_overrides(c, args.set) for c in cells]
+  try:
+    configs = [config_lib.apply_overrides(c, cell_overrides(args.set))
+               for c in cells]
+  except ValueError as e:
+    parser.error(str(e))
   root = pathlib.Path(args.root or f"runs/sweeps/{args.sweep}")
   if not args.only_collect:
     run_cells(configs, root, args.jobs)

@@ -51,6 +51,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from experiments import batching
+from experiments import checkpoint_writer
 from experiments import checkpoints
 from experiments import data
 from experiments import files
@@ -59,6 +60,8 @@ from experiments import models
 from experiments import plots
 from experiments import progress as progress_lib
 from experiments import reports
+from experiments import resume_check
+from experiments import stopping
 from experiments.checkpoints import CheckpointError
 from experiments.checkpoints import load_checkpoint
 from experiments.config import Config
@@ -142,13 +145,89 @@ def _earlier_records(path: pathlib.Path, after: int) -> list[dict]:
     lines = text.splitlines()
     if not text.endswith("\n"):
       lines = lines[:-1]
-    kept = [(l, r) for l, r in zip(lines, map(json.loads, lines))
+    kept = [(l, r) for l, r in zip(lines, _records(path, lines))
             if r["step"] <= after]
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxprune: log read")
   if jax.process_index() == 0 and path.exists():
     files.write_text_atomically(path, "".join(l + "\n" for l, _ in kept))
   return [r for _, r in kept]
+
+
+class LogError(ValueError):
+  """A line of a resumed run's metrics log is not one of its records."""
+
+
+def _records(path: pathlib.Path, lines: list[str]) -> list[dict]:
+  records = []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as error:
+      raise LogError(
+          f"{path}, line {number}: not a JSON record ({error.msg} at column "
+          f"{error.colno}: {line[:60]!r}); mend or delete that line to resume"
+      ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+      raise LogError(f"{path}, line {number}: not a record with a step "
+                     f"({line[:60]!r}); mend or delete that line to resume")
+    records.append(record)
+  return records
+
+
+def _check_fresh(manager, workdir: pathlib.Path, overwrite: bool) -> None:
+  """A fresh run deletes the checkpoints in its work directory only when
+  asked to (``overwrite``): they may be another run's."""
+  steps = manager.all_steps()
+  if not steps:
+    return
+  if not overwrite:
+    raise FileExistsError(
+        f"{manager.directory} holds the checkpoints of steps {list(steps)}: "
+        "--resume continues from them, --overwrite deletes them and starts "
+        f"afresh, or choose another --workdir than {workdir}")
+  if jax.process_index() == 0:
+    print(f"warning: --overwrite: deleting the checkpoints of steps "
+          f"{list(steps)} in {manager.directory}", file=sys.stderr)
+  for step in steps:
+    manager.delete(step)
+
+
+def _resumed_run(manager, config: Config) -> dict:
+  """The run record of the newest checkpoint, checked against ``config``
+  ({} for checkpoints written without one)."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      run = checkpoints.saved_run(manager, step)
+    except CheckpointError as error:
+      print(f"warning: {error}", file=sys.stderr)
+      continue
+    if run is not None:
+      resume_check.check(run.get("config", {}), config,
+                         pathlib.Path(manager.directory) / str(step), step)
+      return run
+  return {}
+
+
+def _run_at(manager, step: int) -> dict:
+  try:
+    return checkpoints.saved_run(manager, step) or {}
+  except CheckpointError as error:
+    print(f"warning: {error}", file=sys.stderr)
+    return {}
+
+
+def _better(best: dict | None, new: dict) -> dict:
+  """The best evaluation: the highest test accuracy, the earliest step."""
+  return new if best is None or new["test_accuracy"] > best["test_accuracy"] else best
+
+
+def _best_of(records: list[dict]) -> dict | None:
+  best = None
+  for r in records:
+    if r["kind"] == "eval":
+      best = _better(best, {"test_accuracy": r["test_accuracy"], "step": r["step"]})
+  return best
 
 
 def load_splits(config: Config):
@@ -174,21 +253,33 @@ def load_splits(config: Config):
 
 def train_and_evaluate(
     config: Config, workdir: str | pathlib.Path, resume: bool = False,
-    progress: bool = True,
+    progress: bool = True, overwrite: bool = False,
+    stop: stopping.StopSignals | None = None,
 ) -> dict:
   """Trains ``config`` and writes metrics, summary, plots and checkpoints.
 
   Args:
     config: the run.
     workdir: output directory, created if needed.
-    resume: continue from the latest checkpoint in ``workdir``.
+    resume: continue from the latest checkpoint in ``workdir``; refused
+      (``resume_check.ConfigMismatch``) if it was written by a config that
+      differs in more than ``resume_check.CHANGEABLE``.
     progress: show the progress on stderr: a bar on a terminal, a plain
       line every 30 s or so otherwise (:class:`experiments.progress.Progress`).
+    overwrite: a fresh run (not ``resume``) deletes the checkpoints it finds
+      in ``workdir``; without it, it refuses to start (``FileExistsError``).
+    stop: signals that stop the run at the end of a step, its state saved
+      (:class:`experiments.stopping.Stopped` is raised).
 
   Returns:
     The summary, as process 0 writes it to ``summary.json``.  (Another
     process that cannot read the log of a resumed run reports the best
     accuracy of its own evaluations only.)
+
+  Raises:
+    experiments.checkpoint_writer.CheckpointWriteError: a checkpoint could
+      not be written; the run stops at the first one (the manager is left
+      open: Orbax's threads may still wait for the failed write).
   """
   workdir = pathlib.Path(workdir).absolute()  # Orbax needs absolute paths
   workdir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +290,9 @@ def train_and_evaluate(
   replicated = NamedSharding(mesh, PartitionSpec())
   manager = checkpoints.checkpoint_manager(workdir)
   resuming = resume and manager.latest_step() is not None
+  saved_run = _resumed_run(manager, config) if resuming else {}
+  if not resuming:
+    _check_fresh(manager, workdir, overwrite)
   method = methods.get(config.method)
   needs_data = not resuming or method.shrinks
   state = initial_state(config, train_split if needs_data else None)
@@ -207,17 +301,19 @@ def train_and_evaluate(
   records = []
   if resuming:
     state = checkpoints.restore_newest_good(manager, state, workdir)
+    if chief and not metrics_path.exists():
+      print(f"warning: {metrics_path} is missing: the plots lack the steps up "
+            f"to {int(state.step)}; the summary's bests come from the "
+            "checkpoint", file=sys.stderr)
     records = _earlier_records(metrics_path, after=int(state.step))
-  else:  # a fresh run starts a fresh log and fresh checkpoints
+    saved_run = _run_at(manager, int(state.step))  # maybe an older one
+  else:  # a fresh run starts a fresh log
     if chief:
       metrics_path.unlink(missing_ok=True)
-    if steps := manager.all_steps():
-      if chief:
-        print(f"warning: a fresh run: deleting the checkpoints of steps "
-              f"{list(steps)} in {manager.directory} (--resume continues from "
-              "them)", file=sys.stderr)
-      for step in steps:
-        manager.delete(step)
+  writer = checkpoint_writer.Writer(manager)
+  # The bests so far: from the checkpoint, so that the log is not their only
+  # source; from the log for a checkpoint written without them.
+  best = saved_run.get("best") or _best_of(records)
 
   model_params = functools.partial(method.model_params, config)
   train_step = jax.jit(functools.partial(_train_step, model_params=model_params),
@@ -255,12 +351,19 @@ def train_and_evaluate(
         sparsity = float(reports.sparsity_report(state).global_sparsity)
         write({"kind": "eval", "step": done, "test_loss": test_loss,
                "test_accuracy": test_accuracy, "sparsity": sparsity})
-      if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
-        checkpoints.save(manager, done, state)
+        best = _better(best, {"test_accuracy": test_accuracy, "step": done})
+      stopping_now = stop is not None and stop.signum is not None
+      if ((config.checkpoint_every and done % config.checkpoint_every == 0)
+          or done == config.steps or stopping_now):
+        writer.save(done, state, {"config": to_dict(config), "best": best})
+      writer.check()
       shown.update(done)
+      if stopping_now:
+        shown.close()
+        writer.finish()
+        raise stopping.Stopped(stop.signum, done, saved=True)
   shown.close()
-  manager.wait_until_finished()
-  manager.close()
+  writer.finish()
 
   evals = [r for r in records if r["kind"] == "eval"]
   if first < config.steps:  # the last step evaluated
@@ -269,7 +372,8 @@ def train_and_evaluate(
     test_loss, test_accuracy = evaluate(eval_step, state, test_split,
                                         config.eval_batch_size, mesh)
     final = {"step": config.steps, "test_loss": test_loss, "test_accuracy": test_accuracy}
-  best_accuracy = max([r["test_accuracy"] for r in evals] + [final["test_accuracy"]])
+  best_accuracy = max(final["test_accuracy"],
+                      best["test_accuracy"] if best else final["test_accuracy"])
   report = reports.sparsity_report(state)
   params = model_params(state.params)
   summary = {

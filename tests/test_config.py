@@ -60,3 +60,52 @@ def test_the_constrained_reproduction_rescales_the_gated_weights():
   np.testing.assert_allclose(gated["Dense_1"]["kernel"], 2.0)
   np.testing.assert_array_equal(gated["Dense_1"]["bias"], 1.0)
   assert "log_alpha" in gated["Dense_1"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"steps": "20"}, "field steps must be an int, got the str '20'"),
+    ({"steps": True}, "field steps must be an int, got the bool True"),
+    ({"steps": 20.5}, "field steps must be an int, got the float 20.5"),
+    ({"sparsity": "0.9"}, "field sparsity must be a float, got the str '0.9'"),
+    ({"snip_it_step_gradient": 1},
+     "field snip_it_step_gradient must be a bool, got the int 1"),
+    ({"source_dir": 3}, "field source_dir must be a str or null, got the int 3"),
+    ({"name": None}, "field name must be a str, got the NoneType None"),
+], ids=["str for int", "bool for int", "float for int", "str for float",
+        "int for bool", "int for optional str", "null for str"])
+def test_json_config_types_are_checked(tmp_path, fields, message):
+  path = tmp_path / "c.json"
+  path.write_text(json.dumps(fields))
+  with pytest.raises(ValueError, match=f"^{path}: {message}$"):
+    config.resolve(str(path))
+
+
+def test_json_config_ints_for_floats_and_nulls(tmp_path):
+  path = tmp_path / "c.json"
+  path.write_text(json.dumps({"sparsity": 1, "learning_rate": 0.01,
+                              "tfds_dir": None}))
+  c = config.resolve(str(path))
+  assert (c.sparsity, type(c.sparsity), c.tfds_dir) == (1.0, float, None)
+
+
+def test_a_json_config_that_is_not_an_object_or_not_json(tmp_path):
+  path = tmp_path / "c.json"
+  path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match="a JSON config is an object of fields, not a list"):
+    config.resolve(str(path))
+  path.write_text("{steps: 3}")
+  with pytest.raises(ValueError, match=f"^{path}: not JSON"):
+    config.resolve(str(path))
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("../../../x", "it holds a path separator"),
+    ("/tmp/x", "it holds a path separator"),
+    ("..", "it names a parent or the current directory"),
+    ("", "it is empty"),
+    ("a\\\\b", "it holds a path separator"),
+])
+def test_names_that_would_leave_runs_are_refused(name, problem):
+  with pytest.raises(ValueError, match=f"cannot name a work directory under runs/: {problem}"):
+    config.resolve("smoke", [f"name={name}"])
+  assert config.resolve("smoke", ["name=my-run_2.b"]).name == "my-run_2.b"
