@@ -14,6 +14,11 @@ from jaxprune._flipout import flip_counts
 from jaxprune._flipout import flipout
 from jaxprune._flipout import flipout_schedule
 from jaxprune._flipout import flipout_sparsity
+from jaxprune._imp import ImpResult
+from jaxprune._imp import Round
+from jaxprune._imp import RoundRecord
+from jaxprune._imp import Trained
+from jaxprune._imp import imp
 from jaxprune._inspect import Sparsity
 from jaxprune._inspect import masks_of
 from jaxprune._inspect import replace_masks
@@ -55,12 +60,16 @@ __all__ = (
     "DualAscentState",
     "FlipOutSchedule",
     "FlipOutState",
+    "ImpResult",
     "PackedMask",
     "ProjectionState",
     "PruneState",
+    "Round",
+    "RoundRecord",
     "Shrunk",
     "Sparsity",
     "TrainState",
+    "Trained",
     "add_gates",
     "apply_masks",
     "apply_gates",
@@ -78,6 +87,7 @@ __all__ = (
     "gate_labels",
     "grasp",
     "hard_masks",
+    "imp",
     "l0_penalty",
     "mask_nodes",
     "masks_of",

@@ -134,3 +134,18 @@ def as_functional(fn: Callable[..., Any], params: Any) -> tuple[Callable[..., An
     return fn(module, *args, **kwargs)
 
   return on_values, plain(state)
+
+
+def is_module(x: Any) -> bool:
+  """Whether ``x`` is an ``nnx.Module``."""
+  return isinstance(x, nnx.Module)
+
+
+def loaded(module: nnx.Module | None, values: Any) -> Any:
+  """A copy of ``module`` holding the plain ``nnx.Param`` ``values`` (its
+  other state copied); ``values`` as given when there is no module."""
+  if module is None:
+    return values
+  graphdef, state, rest = nnx.split(module, nnx.Param, ...)
+  return nnx.merge(graphdef, conformed(values, state, "the params"),
+                   jax.tree.map(lambda x: x, rest))
