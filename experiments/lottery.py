@@ -14,8 +14,8 @@ early-stopping iteration is the one of least validation loss, evaluated every
   ... --variant aimp --short-steps 20000
   python -m experiments.lottery --collect experiments/results/lottery
 
-Each variant writes ``VARIANT_seedS.json`` (and its rounds, resumable, under
-``runs/lottery/``); ``--collect`` writes ``table.md``, ``results.json`` and
+Each variant writes ``VARIANT_seedS.json`` (its rounds, resumable, and every
+round's masks go under ``runs/lottery/``); ``--collect`` writes ``table.md``, ``results.json`` and
 ``accuracy_vs_remaining.png`` from the JSON files of a folder.
 """
 
@@ -184,7 +184,7 @@ def run(args) -> dict:
     rounds = result.rounds
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  masks_file = out / f"{name}_masks.npz"
+  masks_file = pathlib.Path(args.workdir) / f"{name}_masks.npz"  # not committed
   if args.variant != "control":
     np.savez_compressed(masks_file, **{
         f"{r.index}:{key}": np.asarray(m) for r in rounds
