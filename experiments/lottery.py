@@ -211,6 +211,44 @@ def _remaining(masks) -> float:
   return sum(int(np.sum(np.asarray(m))) for m in leaves) / sum(m.size for m in leaves)
 
 
+def _mean_std(values, digits: int = 2) -> str:
+  values = np.asarray(values, float)
+  if len(values) == 1:
+    return f"{values[0]:.{digits}f}"
+  return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
+
+
+def _headline(runs: list[dict]) -> list[str]:
+  """Mean ± std over seeds at the rounds present in every run of a variant,
+  and the wall time of a non-final round."""
+  lines = ["| variant | round | remaining % | seeds | test acc. at early stop % | "
+           "early-stop step | final test acc. % |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for variant in ("imp", "control", "aimp"):
+    chosen = [r for r in runs if r["variant"] == variant]
+    if not chosen:
+      continue
+    common = sorted(set.intersection(*(
+        {x["round"] for x in r["rounds"]} for r in chosen)))
+    for index in common:
+      at = [next(x for x in r["rounds"] if x["round"] == index) for r in chosen]
+      lines.append(
+          f"| {variant} | {index} | {100 * at[0]['remaining']:.1f} | {len(at)} | "
+          f"{_mean_std([100 * x['test_accuracy_at_early_stop'] for x in at])} | "
+          f"{_mean_std([x['early_stop_step'] for x in at], 0)} | "
+          f"{_mean_std([100 * x['final_test_accuracy'] for x in at])} |")
+  lines += ["", "| variant | seeds | seconds per non-final round | seconds, final round |",
+            "| --- | --- | --- | --- |"]
+  for variant in ("imp", "aimp"):
+    chosen = [r for r in runs if r["variant"] == variant]
+    if chosen:
+      lines.append(
+          f"| {variant} | {len(chosen)} | "
+          f"{_mean_std([np.mean([x['seconds'] for x in r['rounds'][:-1]]) for r in chosen], 0)} | "
+          f"{_mean_std([r['rounds'][-1]['seconds'] for r in chosen], 0)} |")
+  return lines
+
+
 def collect(folder: pathlib.Path) -> None:
   """``table.md``, ``results.json`` and the plot from a folder's runs."""
   runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*_seed*.json"))]
@@ -224,7 +262,9 @@ def collect(folder: pathlib.Path) -> None:
           f"{100 * r['remaining']:.1f} | {r['steps']} | {r['early_stop_step']} | "
           f"{100 * r['test_accuracy_at_early_stop']:.2f} | "
           f"{100 * r['final_test_accuracy']:.2f} | {r['seconds']:.0f} |")
-  (folder / "table.md").write_text("\n".join(rows) + "\n")
+  (folder / "table.md").write_text(
+      "\n".join(_headline(runs)) + "\n\nEvery round of every run:\n\n"
+      + "\n".join(rows) + "\n")
   (folder / "results.json").write_text(json.dumps(runs, indent=1))
   import matplotlib
 

@@ -34,6 +34,10 @@ def test_imp_control_and_aimp_runs_write_their_rounds_and_table(data_dirs, tmp_p
   assert [r["steps"] for r in aimp["rounds"]] == [20, 20, 40]
 
   assert lottery.main(["--collect", str(tmp_path / "out")]) == 0
-  table = (tmp_path / "out" / "table.md").read_text().splitlines()
-  assert len(table) == 2 + 3 + 2 + 3
-  assert np.isclose(float(table[-1].split("|")[4]), 100 * remaining[-1], atol=0.05)
+  headline, every = (tmp_path / "out" / "table.md").read_text().split("Every round")
+  every = [line for line in every.splitlines() if line.startswith("| ")]
+  assert len(every) == 2 + 3 + 2 + 3
+  assert np.isclose(float(every[-1].split("|")[4]), 100 * remaining[-1], atol=0.05)
+  rows = [line.split("|")[1:3] for line in headline.splitlines() if line.startswith("| ")]
+  assert [" imp ", " 2 "] in rows and [" control ", " 1 "] in rows
+  assert any(line.startswith("| aimp | 1 |") for line in headline.splitlines())
