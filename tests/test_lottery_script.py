@@ -12,7 +12,7 @@ from experiments import lottery
 @pytest.mark.long_running(40)
 def test_imp_control_and_aimp_runs_write_their_rounds_and_table(data_dirs, tmp_path):
   source, tfds = data_dirs
-  common = ["--seed", "0", "--rounds", "2", "--steps", "40", "--eval-every", "20",
+  common = ["--seed", "0", "--rounds", "2", "--steps", "20", "--eval-every", "10",
             "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "runs"),
             "--source-dir", source, "--tfds-dir", tfds]
   assert lottery.main(["--variant", "imp", *common]) == 0
@@ -22,16 +22,16 @@ def test_imp_control_and_aimp_runs_write_their_rounds_and_table(data_dirs, tmp_p
           1000 - round(0.1 * 1000)]
   assert remaining[0] == 1.0
   assert remaining[1] == sum(kept) / 266_200
-  assert all(r["early_stop_step"] in (20, 40) for r in imp["rounds"])
+  assert all(r["early_stop_step"] in (10, 20) for r in imp["rounds"])
 
   assert lottery.main(["--variant", "control", "--rounds-of",
                        str(tmp_path / "out" / "imp_seed0.json"), *common]) == 0
   control = json.loads((tmp_path / "out" / "control_seed0.json").read_text())
   assert [r["remaining"] for r in control["rounds"]] == remaining[1:]
 
-  assert lottery.main(["--variant", "aimp", "--short-steps", "20", *common]) == 0
+  assert lottery.main(["--variant", "aimp", "--short-steps", "10", *common]) == 0
   aimp = json.loads((tmp_path / "out" / "aimp_seed0.json").read_text())
-  assert [r["steps"] for r in aimp["rounds"]] == [20, 20, 40]
+  assert [r["steps"] for r in aimp["rounds"]] == [10, 10, 20]
 
   assert lottery.main(["--collect", str(tmp_path / "out")]) == 0
   headline, every = (tmp_path / "out" / "table.md").read_text().split("Every round")
