@@ -126,14 +126,11 @@ def as_functional(fn: Callable[..., Any], params: Any) -> tuple[Callable[..., An
   """
   if not isinstance(params, nnx.Module):
     return fn, params
-  graphdef, state, rest = nnx.split(params, nnx.Param, ...)
 
   def on_values(values, *args, **kwargs):
-    module = nnx.merge(graphdef, conformed(values, state, "the params"),
-                       jax.tree.map(lambda x: x, rest))
-    return fn(module, *args, **kwargs)
+    return fn(loaded(params, values), *args, **kwargs)
 
-  return on_values, plain(state)
+  return on_values, plain(params)
 
 
 def is_module(x: Any) -> bool:
