@@ -4,6 +4,7 @@ from jaxprune import criteria
 from jaxprune import projections
 from jaxprune import schedules
 from jaxprune import scores
+from jaxprune import structures
 from jaxprune._constraints import DualAscentState
 from jaxprune._constraints import density_constraint
 from jaxprune._constraints import dual_ascent
@@ -105,5 +106,6 @@ __all__ = (
     "snip",
     "snip_it",
     "sparsity",
+    "structures",
     "synflow",
 )

@@ -46,11 +46,14 @@ def check_allocation(allocation: str) -> None:
 
 
 def group_layout(
-    shapes: Sequence[Shape], allocation: str
+    shapes: Sequence[Shape], allocation: str,
+    units: Sequence[int] | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """The group of each tensor and the size of each group."""
+  """The group of each tensor and the size of each group, counted in
+  ``units`` (the number of units each tensor holds when whole blocks or
+  channels are ranked; by default every weight is a unit)."""
   check_allocation(allocation)
-  sizes = [math.prod(shape) for shape in shapes]
+  sizes = _unit_counts(shapes, units)
   if allocation in GLOBAL_ALLOCATIONS:
     return (0,) * len(shapes), (sum(sizes),)
   return tuple(range(len(shapes))), tuple(sizes)
@@ -116,15 +119,29 @@ def _pruned_in_tensor(sparsity: float, size: int, empty: bool) -> int:
   return pruned if empty else min(pruned, size - 1)
 
 
+def _unit_counts(shapes: Sequence[Shape],
+                 units: Sequence[int] | None) -> list[int]:
+  if units is None:
+    return [math.prod(shape) for shape in shapes]
+  if len(units) != len(shapes):
+    raise ValueError(f"{len(units)} unit counts for {len(shapes)} tensors")
+  return list(units)
+
+
 def kept_counts(
-    sparsity: float, shapes: Sequence[Shape], allocation: str
+    sparsity: float, shapes: Sequence[Shape], allocation: str,
+    units: Sequence[int] | None = None,
 ) -> list[int]:
-  """The number of weights each group keeps at ``sparsity``.
+  """The number of weights (or units) each group keeps at ``sparsity``.
 
   Args:
     sparsity: the target fraction of prunable weights removed, in ``[0, 1]``.
     shapes: the prunable tensors' shapes, in tree order.
     allocation: one of :data:`ALLOCATIONS`.
+    units: how many units each tensor holds, when whole units (blocks,
+      channels) are kept or pruned: the counts are then in units, with the
+      same rules; ``"erk"`` takes its densities from ``shapes`` still.  By
+      default every weight is a unit.
 
   Returns:
     One int per group of :func:`group_layout`.
@@ -136,13 +153,14 @@ def kept_counts(
       weight (:func:`kept_in_group`).
   """
   check_allocation(allocation)
-  sizes = [math.prod(shape) for shape in shapes]
+  sizes = _unit_counts(shapes, units)
   if allocation in GLOBAL_ALLOCATIONS:
     total = sum(sizes)
     kept = kept_in_group(sparsity, total)
     if allocation == "global" and sparsity < 1.0 and kept < len(sizes):
+      noun = "weights" if units is None else "units"
       raise ValueError(
-          f"global sparsity {sparsity} keeps {kept} of {total} weights, fewer "
+          f"global sparsity {sparsity} keeps {kept} of {total} {noun}, fewer "
           f"than the {len(sizes)} prunable tensors: some tensor would be "
           "emptied. Lower the sparsity, or ask for 1.0 to prune everything."
       )

@@ -51,6 +51,7 @@ from jaxprune import _masked
 from jaxprune import _noise
 from jaxprune import _packing
 from jaxprune import _plans
+from jaxprune import _structures
 from jaxprune import _trees
 
 
@@ -249,6 +250,7 @@ def flipout(
     seed: int = 0,
     max_steps: int | None = None,
     packed_masks: bool = False,
+    structure: _structures.Pooled | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that it prunes by FlipOut as it trains.
 
@@ -321,6 +323,11 @@ def flipout(
     packed_masks: hold the masks in the state packed eight to a byte along
       each tensor's last axis, as ``jaxprune.prune(..., packed_masks=True)``
       does; the pruning is the same.
+    structure: :func:`jaxprune.structures.block` or
+      :func:`jaxprune.structures.channels` to remove whole blocks or
+      channels: each unit is scored by pooling its weights' scores, and
+      the counts above are counts of units.  N:M does not apply: FlipOut
+      removes a fraction of what survives at every event.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -358,6 +365,12 @@ def flipout(
       raise ValueError(f"final_sparsity must be in [0, 1), got {final_sparsity}")
   _checks.check_prunable(prunable)
   _checks.check_seed(seed)
+  _structures.check_structure(structure, "jaxprune.flipout")
+  if isinstance(structure, _structures.NOfM):
+    raise ValueError(
+        "jaxprune.flipout: N:M structure does not apply to FlipOut, which "
+        "removes a fraction of the surviving weights at every event; use "
+        "jaxprune.prune(..., structure=jaxprune.structures.n_of_m(n, m))")
   if max_steps is not None:
     _checks.check_int("max_steps", max_steps, minimum=1)
   counter_dtype = _counter_dtype(max_steps)
@@ -369,16 +382,13 @@ def flipout(
         params,
         prunable,
         "global",
-        lambda shapes: [
+        lambda shapes, units: [
             [k]
-            for k in _kept_after_events(
-                sum(math.prod(s) for s in shapes),
-                len(shapes),
-                rate,
-                final_sparsity,
-            )
+            for k in _kept_after_events(sum(units), len(units), rate,
+                                        final_sparsity)
         ],
         caller="jaxprune.flipout",
+        structure=structure,
     )
 
   def init_fields(params, plan: _plans.Plan):

@@ -82,7 +82,8 @@ def apply_if(predicate: jax.Array, fn: Callable[[Any], Any], operand: Any) -> An
 
 def ranked_masks(keys: Sequence[Any], masks: Any, plan: _plans.Plan,
                  kept: jax.Array, keep_best: bool) -> tuple[Any, jax.Array]:
-  """The masks that keep the ``kept[g]`` highest ``keys`` of each group.
+  """The masks that keep the ``kept[g]`` highest ``keys`` of each group
+  (of units, under the plan's structure).
 
   Args:
     keys: one per prunable leaf, ``uint32`` arrays from
@@ -96,6 +97,10 @@ def ranked_masks(keys: Sequence[Any], masks: Any, plan: _plans.Plan,
     The new masks and the number of survivors whose score was NaN.
   """
   old = _masks.mask_leaves(masks)
+  if plan.structure is not None:
+    new, nan_scores = plan.structure.select(
+        keys, old, plan.group_ids, plan.group_sizes, kept, keep_best)
+    return jax.tree.unflatten(jax.tree.structure(masks), new), nan_scores
   selection = _selection.keep_top_k(keys, plan.group_ids, plan.group_sizes,
                                     kept, keep_best=keep_best)
   new = [k & m for k, m in zip(selection.kept, old)]

@@ -194,7 +194,7 @@ def synflow(
   levels[-1] = sparsity
   plan = _plans.make_plan(
       params, prunable, allocation,
-      lambda shapes: [
+      lambda shapes, units: [
           _allocation.kept_counts(s, shapes, allocation) for s in levels],
       caller=caller)
   _trees.check_differentiable(params, caller, real=True)

@@ -32,6 +32,7 @@ from jaxprune import _masked
 from jaxprune import _masks
 from jaxprune import _nnx
 from jaxprune import _plans
+from jaxprune import _structures
 from jaxprune import _trees
 from jaxprune import criteria as criteria_lib
 
@@ -67,6 +68,7 @@ def prune_once(
     prunable: _trees.PrunablePredicate | None = None,
     grads: Any = None,
     key: jax.Array | None = None,
+    structure: _structures.Structure | None = None,
 ) -> Any:
   """Masks that prune ``params`` now to ``sparsity``, among the survivors.
 
@@ -113,6 +115,9 @@ def prune_once(
     grads: gradients for a criterion that reads them (``saliency``).
     key: a PRNG key for a criterion that draws (``random``); by default
       ``jax.random.key(0)``.
+    structure: N:M groups, blocks or channels to keep or prune whole
+      (:mod:`jaxprune.structures`), as in :func:`jaxprune.prune`; the counts
+      are then in its units.
 
   Returns:
     Masks with the structure of the params (for Flax NNX, the plain form):
@@ -129,6 +134,7 @@ def prune_once(
   if grads is not None:
     grads = _nnx.plain(grads)
   _allocation.check_allocation(allocation)
+  _structures.check_structure(structure, _CALLER)
   per_leaf = not isinstance(sparsity, numbers.Real) or isinstance(sparsity, bool)
   if per_leaf and not (isinstance(sparsity, Mapping) or callable(sparsity)):
     raise TypeError(
@@ -140,16 +146,24 @@ def prune_once(
         f"{allocation!r}")
   if per_leaf:
     plan = _plans.make_plan(params, prunable, allocation,
-                            lambda shapes: [[0] * len(shapes)], caller=_CALLER)
+                            lambda shapes, units: [[0] * len(shapes)],
+                            caller=_CALLER, structure=structure)
     leaves = _plans.prunable_leaves(params, plan)
     rates = _leaf_sparsities(sparsity, plan, leaves)
-    kept = [_allocation.kept_in_group(s, int(np.size(leaf)))
-            for s, leaf in zip(rates, leaves)]
+    if structure is None:
+      kept = [_allocation.kept_in_group(s, int(np.size(leaf)))
+              for s, leaf in zip(rates, leaves)]
+    else:
+      for s in rates:
+        structure.check_sparsities([s], _CALLER)
+      kept = [structure.kept_counts(s, [np.shape(leaf)], [units], "layerwise")[0]
+              for s, leaf, units in zip(rates, leaves, plan.group_sizes)]
     plan = dataclasses.replace(plan, kept=np.asarray([kept], np.int32))
   else:
     plan = _plans.leveled_plan(
         params, prunable, allocation,
-        [_checks.check_sparsity(sparsity, "sparsity")], caller=_CALLER)
+        [_checks.check_sparsity(sparsity, "sparsity")], caller=_CALLER,
+        structure=structure)
   _plans.check_finite(params, plan, _CALLER)
   masks = (_masks.all_kept(plan, params) if masks is None else
            _masks.checked_initial_masks(masks, params, plan, _CALLER))
@@ -167,13 +181,16 @@ def _check_no_revival(masks: Any, plan: _plans.Plan) -> None:
   """Raises unless every group keeps at most as many weights as survive."""
   survivors = np.zeros(len(plan.group_sizes), np.int64)
   for group, mask in zip(plan.group_ids, _masks.mask_leaves(masks)):
-    survivors[group] += int(np.sum(np.asarray(mask)))
+    mask = np.asarray(mask)
+    survivors[group] += (int(np.sum(mask)) if plan.structure is None
+                         else plan.structure.alive_units(mask))
+  noun = "weights" if plan.structure is None else "units"
   for group, (kept, alive) in enumerate(zip(plan.kept[0], survivors)):
     if kept > alive:
       leaves = [_trees.path_string(p)
                 for p, g in zip(plan.paths, plan.group_ids) if g == group]
       raise ValueError(
-          f"{_CALLER}: the sparsity keeps {int(kept)} weights of "
+          f"{_CALLER}: the sparsity keeps {int(kept)} {noun} of "
           f"{', '.join(leaves)}, but the masks leave only {int(alive)}: "
           "pruned weights would come back; ask for at least the masks' "
           "sparsity")

@@ -33,6 +33,7 @@ from jaxprune import _checks
 from jaxprune import _inspect
 from jaxprune import _masked
 from jaxprune import _plans
+from jaxprune import _structures
 from jaxprune import _trees
 from jaxprune import criteria as criteria_lib
 from jaxprune import schedules as schedules_lib
@@ -75,6 +76,7 @@ def prune(
     seed: int = 0,
     masks: Any = None,
     packed_masks: bool = False,
+    structure: _structures.Structure | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that it prunes the params on a schedule.
 
@@ -162,6 +164,11 @@ def prune(
       devices into parts that are not multiples of 8 keeps a boolean mask
       (packing it would gather it at each mask update).  ``update`` keeps
       whatever form the state's masks have.
+    structure: what is kept or pruned whole: N:M groups
+      (:func:`jaxprune.structures.n_of_m`), blocks
+      (:func:`jaxprune.structures.block`) or output channels
+      (:func:`jaxprune.structures.channels`); by default single weights.
+      With blocks and channels the counts above are counts of units.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -204,10 +211,14 @@ def prune(
     raise TypeError(f"criterion must be callable, got {criterion!r}")
   per_weight = criteria_lib.per_weight_form(criterion)
   _checks.check_prunable(prunable)
+  _structures.check_structure(structure, "jaxprune.prune")
+  if structure is not None:
+    structure.check_sparsities(schedule.sparsities, "jaxprune.prune")
 
   def plan(params) -> _plans.Plan:
     return _plans.leveled_plan(params, prunable, allocation,
-                               schedule.sparsities, "jaxprune.prune")
+                               schedule.sparsities, "jaxprune.prune",
+                               structure=structure)
 
   def refresh(state: PruneState, plan: _plans.Plan):
     if not schedule.steps:  # fixed masks

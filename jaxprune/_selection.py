@@ -86,6 +86,16 @@ def ranking_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
   return jnp.where(alive, keys, jnp.uint32(PRUNED_KEY))
 
 
+def scores_of_keys(keys: jax.Array) -> jax.Array:
+  """The float32 scores whose :func:`ranking_keys` are ``keys``: the
+  inverse map (NaN for :data:`NAN_KEY`; meaningless for pruned weights)."""
+  keys = jnp.asarray(keys, jnp.uint32)
+  positive = (keys >> 31) == 1
+  bits = jnp.where(positive, keys & jnp.uint32(~_SIGN_BIT & 0xFFFFFFFF), ~keys)
+  scores = lax.bitcast_convert_type(bits, jnp.float32)
+  return jnp.where(keys == NAN_KEY, jnp.float32(jnp.nan), scores)
+
+
 # The threshold search reads the 32-bit keys 16 bits at a time.
 _RADIX_BITS = 16
 _RADIX_BINS = 1 << _RADIX_BITS

@@ -370,7 +370,7 @@ def _prune_in_rounds(caller, score_fn, loss_fn, params, batches, rounds,
   _allocation.check_allocation(allocation)
   plan = _plans.make_plan(
       params, prunable, allocation,
-      lambda shapes: [
+      lambda shapes, units: [
           _allocation.kept_counts(s, shapes, allocation) for s in rounds
       ],
       caller=caller,

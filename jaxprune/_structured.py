@@ -280,7 +280,7 @@ def snap_it(
   template = {name: jnp.zeros((n,), jnp.float32) for name, n in units.items()}
   plan = _plans.make_plan(
       template, lambda path, leaf: True, "global",
-      lambda shapes: [
+      lambda shapes, units: [
           _allocation.kept_counts(s, shapes, "global") for s in rounds],
       caller=_CALLER)
   round_batches = _scoring.round_batches(batches, batches_per_round, _CALLER)

@@ -23,6 +23,7 @@ from jaxprune import criteria
 from jaxprune import projections
 from jaxprune import schedules
 from jaxprune import scores
+from jaxprune import structures
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _DOCS = _ROOT / "docs"
@@ -42,7 +43,7 @@ def _public_names():
   """Every name the API reference must document, as ``jaxprune.NAME``."""
   names = {f"jaxprune.{name}" for name in jaxprune.__all__
            if not inspect.ismodule(getattr(jaxprune, name))}
-  for module in (criteria, schedules, scores, projections):
+  for module in (criteria, schedules, scores, projections, structures):
     public = set(getattr(module, "__all__", ()))
     public |= {
         name for name, value in vars(module).items()

@@ -185,6 +185,10 @@ def _run(step, params, state, steps=6):
 
 
 _ALL = list(transforms.MASKED) + list(transforms.GATED)
+# N:M groups and blocks tile a tensor across its shards: under explicit
+# sharding their mask update gathers the tensor's ranking keys (documented
+# in jaxprune.structures); the results must match all the same.
+_GATHERS_AT_MASK_UPDATES = {"prune-1of2", "prune-blocks-layerwise"}
 
 
 @needs_devices
@@ -204,7 +208,8 @@ def test_update_matches_one_device_without_gathering_a_parameter(name):
       sharded = _run(compiled, sharded_params, state)
     _assert_same(sharded, single, f"{name} {layout} {mode}")
     _assert_shardings_follow_params(sharded, layout)
-    assert _largest_gather(compiled.as_text()) < smallest_param, (layout, mode)
+    if name not in _GATHERS_AT_MASK_UPDATES:
+      assert _largest_gather(compiled.as_text()) < smallest_param, (layout, mode)
 
 
 _PACKED = "prune-magnitude-packed"

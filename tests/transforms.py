@@ -11,6 +11,7 @@ import optax
 import jaxprune
 from jaxprune import criteria
 from jaxprune import schedules
+from jaxprune import structures
 
 SCHEDULE = schedules.polynomial(0.75, begin_step=0, end_step=4, frequency=2)
 
@@ -36,7 +37,18 @@ MASKED = {
         packed_masks=True),
     "prune-fixed-masks": lambda inner, params: jaxprune.prune(
         inner, masks=every_fourth_kept(params)),
+    "prune-1of2": lambda inner, params: jaxprune.prune(
+        inner, criterion=criteria.magnitude, schedule=SCHEDULE,
+        structure=structures.n_of_m(1, 2)),
+    "prune-blocks-layerwise": lambda inner, params: jaxprune.prune(
+        inner, criterion=criteria.saliency, schedule=SCHEDULE,
+        allocation="layerwise", structure=structures.block((2, 1))),
+    "prune-channels-global": lambda inner, params: jaxprune.prune(
+        inner, criterion=criteria.magnitude, schedule=SCHEDULE,
+        structure=structures.channels(pool="max")),
     "flipout": lambda inner, params: jaxprune.flipout(inner, prune_every=2),
+    "flipout-channels": lambda inner, params: jaxprune.flipout(
+        inner, prune_every=2, rate=0.6, structure=structures.channels()),
     "flipout-packed": lambda inner, params: jaxprune.flipout(
         inner, prune_every=2, packed_masks=True),
     "flipout-noiseless-p1": lambda inner, params: jaxprune.flipout(
