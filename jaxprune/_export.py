@@ -84,8 +84,10 @@ def to_bcoo(params: Any, masks: Any, *,
   Returns:
     Nested dicts (for NNX, the plain form): each selected masked leaf a
     ``BCOO`` with ``nse`` = its number of kept weights (a kept weight that is
-    exactly 0 is stored), sorted row-major indices (``int32``) and the
-    leaf's dtype; each other leaf as given, masked if it has a mask.
+    exactly 0 is stored, and ``data`` keeps every bit, though ``todense()``
+    adds into zeros and so shows a kept ``-0.0`` as ``0.0``), sorted
+    row-major indices (``int32``) and the leaf's dtype; each other leaf as
+    given, masked if it has a mask.
 
   Raises:
     ValueError: masks that do not fit the params, naming the leaf.
