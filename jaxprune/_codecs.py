@@ -33,8 +33,6 @@ from typing import Any
 
 import numpy as np
 
-FORMATS = ("bitmask", "csr", "n_of_m")
-
 # CSR column gaps: one byte each, as Han et al. store the index differences
 # of their fully connected layers in a few bits; a longer gap takes filler
 # entries (value 0) of MAX_GAP skipped columns each.
@@ -158,7 +156,7 @@ def _encode_n_of_m(values: np.ndarray, mask: np.ndarray, n: int, m: int,
         f"{where} is not {n}:{m} sparse: column {column} keeps "
         f"{kept[group, column]} of rows {group * m}..{group * m + m - 1} of "
         "its matricized form (rows: all axes but the last, flattened "
-        f"row-major); prune it with an {n}:{m} structure, or store it with "
+        f"row-major); prune it with the {n}:{m} structure, or store it with "
         "format='bitmask' or 'csr'")
   # Every group stores n slots: its kept entries, then its first pruned
   # ones (holding +0) where it keeps fewer, in increasing position.
@@ -198,7 +196,7 @@ def encode(format: str, values: np.ndarray, mask: np.ndarray, *,
   """The arrays of ``format`` that hold ``values`` where ``mask`` is True.
 
   Args:
-    format: one of :data:`FORMATS`.
+    format: ``"bitmask"``, ``"csr"`` or ``"n_of_m"``.
     values: the leaf's values (any dtype).
     mask: booleans of the same shape (True = kept).
     n: kept per group, for ``"n_of_m"``.

@@ -57,7 +57,8 @@ def to_bcoo(params: Any, masks: Any, *,
             select: _trees.PrunablePredicate | None = None) -> Any:
   """The params with each masked leaf as a BCOO array of its kept entries.
 
-  Example: conv kernels stay dense, masked.
+  Example:
+    Conv kernels stay dense, masked.
 
     >>> import jax.numpy as jnp
     >>> from jaxprune import export
@@ -117,7 +118,8 @@ def sparse_apply(fn: Callable[..., Any] | nnx.Module) -> Callable[..., Any]:
   """A model function that takes BCOO leaves (from :func:`to_bcoo`) in its
   params, computing with them sparse.
 
-  Example: Flax NNX, jitted.
+  Example:
+    Flax NNX, jitted.
 
     >>> import jax, jax.numpy as jnp
     >>> from flax import nnx

@@ -50,7 +50,9 @@ from jaxprune import _codecs
 from jaxprune import _nested
 from jaxprune import _trees
 
-FORMATS = _codecs.FORMATS
+FORMATS = ("bitmask", "csr", "n_of_m")
+"""The names of the storage formats of :func:`compress`: ``"bitmask"``,
+``"csr"`` and ``"n_of_m"``."""
 _FILE_VERSION = 1
 _META_KEY = "jaxprune_export.json"
 
@@ -374,7 +376,8 @@ def save(file: str | os.PathLike | IO[bytes], compressed: Compressed) -> None:
 def load(file: str | os.PathLike | IO[bytes]) -> Compressed:
   """Reads what :func:`save` wrote (``np.load(..., allow_pickle=False)``).
 
-  Example: a file object works as a path does.
+  Example:
+    A file object works as a path does.
 
     >>> import io, jax.numpy as jnp
     >>> from jaxprune import export

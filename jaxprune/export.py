@@ -18,7 +18,8 @@ params (a module, an ``nnx.State``, or the plain form
 ``nnx.to_pure_dict(nnx.state(model, nnx.Param))``, which is what comes
 back).
 
-Example: under a tenth of the float32 bytes, and the params back bit for bit.
+Example:
+  Under a tenth of the float32 bytes, and the params back bit for bit.
 
   >>> import jax, jax.numpy as jnp
   >>> import jaxprune
