@@ -16,6 +16,8 @@ from flax import nnx
 import jaxprune
 from jaxprune import export
 
+pytestmark = pytest.mark.usefixtures("strict_dtypes")
+
 _DTYPES = [np.float32, ml_dtypes.bfloat16]
 _FORMATS = [("bitmask", None, None), ("csr", None, None), ("n_of_m", 2, 4)]
 
