@@ -225,4 +225,6 @@ def decode(format: str, arrays: dict[str, np.ndarray], shape: tuple[int, ...],
     return _decode_n_of_m(arrays, shape, dtype, n, m)
   decoders: dict[str, Callable[..., Any]] = {
       "bitmask": _decode_bitmask, "csr": _decode_csr}
+  if format not in decoders:
+    raise CorruptError(f"unknown encoding {format!r}")
   return decoders[format](arrays, shape, dtype)

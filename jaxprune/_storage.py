@@ -412,24 +412,31 @@ def load(file: str | os.PathLike | IO[bytes]) -> Compressed:
           f"{caller}: {file!s} has export version "
           f"{meta.get('jaxprune_export')!r}; this jaxprune reads version "
           f"{_FILE_VERSION}")
-    leaves = []
-    for entry in meta["leaves"]:
-      arrays = {}
-      for name, stored in entry["arrays"].items():
-        array = archive[stored["key"]]
-        dtype = jnp.dtype(stored["dtype"])
-        arrays[name] = array if array.dtype == dtype else array.view(dtype)
-      leaves.append(EncodedLeaf(
-          tuple(entry["path"]), tuple(entry["shape"]), entry["dtype"],
-          entry["encoding"], entry["kept"], arrays))
-  skeleton = _nested.from_json(meta["skeleton"])
+    try:
+      leaves = tuple(_leaf_from(entry, archive) for entry in meta["leaves"])
+      skeleton = _nested.from_json(meta["skeleton"])
+      format, n, m = meta["format"], meta["n"], meta["m"]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+      raise ValueError(
+          f"{caller}: the description in {file!s} does not read "
+          f"({type(error).__name__}: {error}); the file is damaged") from None
   indices = sorted(_leaf_indices(skeleton))
   if indices != list(range(len(leaves))):
     raise ValueError(
         f"{caller}: the tree in {file!s} does not index its {len(leaves)} "
         "leaves once each; the file is damaged")
-  return Compressed(meta["format"], meta["n"], meta["m"], skeleton,
-                    tuple(leaves))
+  return Compressed(format, n, m, skeleton, leaves)
+
+
+def _leaf_from(entry: dict, archive: Any) -> EncodedLeaf:
+  """One leaf's description in the JSON, with its arrays from the archive."""
+  arrays = {}
+  for name, stored in entry["arrays"].items():
+    array = archive[stored["key"]]
+    dtype = jnp.dtype(stored["dtype"])
+    arrays[name] = array if array.dtype == dtype else array.view(dtype)
+  return EncodedLeaf(tuple(entry["path"]), tuple(entry["shape"]), entry["dtype"],
+                     entry["encoding"], entry["kept"], arrays)
 
 
 def _leaf_indices(skeleton: Any) -> list[int]:

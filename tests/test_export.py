@@ -430,3 +430,8 @@ def test_load_refuses_other_and_damaged_files(tmp_path):
   file.seek(0)
   with pytest.raises(ValueError, match="decompress: the arrays of dense/kernel"):
     export.decompress(export.load(file))
+  np.savez(tmp_path / "garbled.npz",
+           **{"jaxprune_export.json": np.array('{"jaxprune_export": 1}')})
+  with pytest.raises(ValueError, match=r"load: the description in .*garbled.npz "
+                     r"does not read \(KeyError: 'leaves'\); the file is damaged"):
+    export.load(tmp_path / "garbled.npz")
