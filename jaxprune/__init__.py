@@ -1,6 +1,7 @@
 """jaxprune: functional neural-network pruning for JAX, as optax transformations."""
 
 from jaxprune import criteria
+from jaxprune import export
 from jaxprune import projections
 from jaxprune import schedules
 from jaxprune import scores
@@ -81,6 +82,7 @@ __all__ = (
     "dual_ascent",
     "expected_density",
     "expected_l0",
+    "export",
     "flip_counts",
     "flipout",
     "flipout_schedule",

@@ -20,6 +20,7 @@ import pytest
 
 import jaxprune
 from jaxprune import criteria
+from jaxprune import export
 from jaxprune import projections
 from jaxprune import schedules
 from jaxprune import scores
@@ -43,7 +44,7 @@ def _public_names():
   """Every name the API reference must document, as ``jaxprune.NAME``."""
   names = {f"jaxprune.{name}" for name in jaxprune.__all__
            if not inspect.ismodule(getattr(jaxprune, name))}
-  for module in (criteria, schedules, scores, projections, structures):
+  for module in (criteria, schedules, scores, projections, structures, export):
     public = set(getattr(module, "__all__", ()))
     public |= {
         name for name, value in vars(module).items()
