@@ -152,15 +152,8 @@ def node_masks(params: dict, model: Model, sparsity: float) -> dict:
 def two_of_four_masks(params: dict) -> dict:
   """2:4 magnitude masks: in every group of 4 consecutive inputs of a
   kernel column, the 2 largest weights kept."""
-  masks = {}
-  for name, layer in params.items():
-    kernel = np.abs(np.asarray(layer["kernel"]))
-    rows, columns = kernel.shape
-    grouped = kernel.reshape(rows // 4, 4, columns)
-    ranks = np.argsort(np.argsort(-grouped, axis=1, kind="stable"), axis=1)
-    masks[name] = {"kernel": jnp.asarray((ranks < 2).reshape(rows, columns)),
-                   "bias": None}
-  return masks
+  return jaxprune.prune_once(params, sparsity=0.5,
+                             structure=jaxprune.structures.n_of_m(2, 4))
 
 
 class Variant(NamedTuple):
