@@ -49,6 +49,11 @@ class Config:
   end_step: int = 0  # 0: three quarters of the run
   frequency: int = 100
   allocation: str = "global"
+  # What magnitude, random and saliency keep or remove whole
+  # (jaxprune.structures): "" single weights, "n_of_m:2:4", "block:4x4" or
+  # "channels".  Kernels the structure cannot tile are left dense, and so is
+  # the output layer under "channels" (pruning it would remove classes).
+  structure: str = ""
   # Geometric schedule and FlipOut: every `prune_every` steps remove `rate`
   # of the surviving weights, until `sparsity`.
   prune_every: int = 0  # 0: one epoch of MNIST at this batch size

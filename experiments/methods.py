@@ -188,15 +188,70 @@ def geometric_schedule(config: Config) -> jaxprune.schedules.Schedule:
   return jaxprune.schedules.piecewise(steps, sparsities)
 
 
+def structure_of(config: Config) -> jaxprune.structures.Structure | None:
+  """The structure ``config.structure`` names (None for single weights).
+
+  Example:
+    >>> from experiments.config import Config
+    >>> structure_of(Config(structure="n_of_m:2:4"))
+    n_of_m(2, 4)
+    >>> structure_of(Config(structure="block:4x4"))
+    block((4, 4), pool='mean')
+  """
+  text = config.structure
+  kind, _, rest = text.partition(":")
+  try:
+    if not text:
+      return None
+    if kind == "n_of_m":
+      n, m = (int(part) for part in rest.split(":"))
+      return jaxprune.structures.n_of_m(n, m)
+    if kind == "block":
+      rows, cols = (int(part) for part in rest.split("x"))
+      return jaxprune.structures.block((rows, cols))
+    if kind == "channels" and not rest:
+      return jaxprune.structures.channels()
+  except ValueError as error:
+    raise ValueError(f"structure {text!r}: {error}") from error
+  raise ValueError(
+      f"unknown structure {text!r}; expected '', 'n_of_m:N:M', "
+      "'block:RxC' or 'channels'")
+
+
+def structured_prunable(config: Config, structure):
+  """The kernels that ``structure`` can tile, less the output layer (the
+  kernel with one output per class) under channels."""
+  del config
+
+  def prunable(path, leaf) -> bool:
+    if not (jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+            and jnp.ndim(leaf) >= 2):
+      return False
+    if (isinstance(structure, jaxprune.structures.Pooled)
+        and structure.block_shape is None
+        and jnp.shape(leaf)[-1] == networks.CLASSES):
+      return False
+    try:
+      structure.unit_count(path, tuple(jnp.shape(leaf)), "")
+    except ValueError:
+      return False
+    return True
+
+  return prunable
+
+
 def _with_criterion(criterion) -> Method:
   def transformation(inner, config: Config, masks):
     del masks
+    structure = structure_of(config)
     return jaxprune.prune(
         inner, criterion=criterion, schedule=_schedule(config),
-        allocation=config.allocation, seed=config.seed,
+        allocation=config.allocation, seed=config.seed, structure=structure,
+        prunable=None if structure is None else structured_prunable(
+            config, structure),
     )
 
-  return Method(transformation)
+  return Method(transformation, fields=("structure",))
 
 
 def _flipout(inner, config: Config, masks):

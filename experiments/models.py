@@ -64,15 +64,18 @@ class LeNet5(nn.Module):
   """
 
   num_classes: int = 10
+  # The filters of the two convolutions and the units of the dense layer
+  # (a network whose channels were pruned and cut out).
+  widths: tuple[int, ...] = (20, 50, 500)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # No batch norm or dropout.
-    for features in (20, 50):
+    for features in self.widths[:2]:
       x = nn.relu(nn.Conv(features, (5, 5), padding="VALID")(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(500)(x))
+    x = nn.relu(nn.Dense(self.widths[2])(x))
     return nn.Dense(self.num_classes)(x)
 
 
@@ -254,7 +257,7 @@ def get_model(name: str, num_classes: int = 10,
   """The model registered as ``name``, with ``num_classes`` logits.
 
   ``widths`` gives the hidden widths of a model that has them (LeNet-300-100,
-  Conv-6), in call order.
+  LeNet-5, Conv-6), in call order.
 
   Raises:
     ValueError: if ``name`` is not a key of ``MODELS``, or has no widths.

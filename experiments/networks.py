@@ -23,9 +23,10 @@ from experiments import nnx_bridge
 from experiments import nnx_models
 from experiments.config import Config
 
-__all__ = ["FLAX_APIS", "get"]
+__all__ = ["CLASSES", "FLAX_APIS", "get"]
 
 FLAX_APIS = ("linen", "nnx")
+CLASSES = 10  # every data set here has 10 classes
 
 
 def get(config: Config, widths: Sequence[int] | None = None):
@@ -38,7 +39,7 @@ def get(config: Config, widths: Sequence[int] | None = None):
       without them.
   """
   if config.flax_api == "linen":
-    return models.get_model(config.model, num_classes=10, widths=widths)
+    return models.get_model(config.model, num_classes=CLASSES, widths=widths)
   if config.flax_api == "nnx":
     shape = data.IMAGE_SHAPES[config.dataset]
     # LinenLike builds it abstractly at once: a bad name or widths raise here.

@@ -85,21 +85,26 @@ def inference_speedup(dense: tuple, small: tuple, images: np.ndarray,
                       batches: int = 40) -> dict:
   """Median time of the jitted forward pass of each network on ``images``,
   alternating between the two, and their ratio (dense over small)."""
-  runs = []
-  for config, state in (dense, small):
-    forward = _forward(config, state)
-    params = state.params
+  dense_s, small_s = alternating_medians(
+      [(_forward(config, state), state.params) for config, state in (dense, small)],
+      images, batches)
+  return {"dense_median_s": dense_s, "small_median_s": small_s,
+          "speedup": dense_s / small_s}
+
+
+def alternating_medians(forwards, images, batches: int = 40) -> list[float]:
+  """The median time of each jitted ``forward(params, images)`` of
+  ``forwards`` (pairs), after a warm-up call each, calling them in turn
+  ``batches`` times."""
+  for forward, params in forwards:
     jax.block_until_ready(forward(params, images))  # compile, warm up
-    runs.append((forward, params))
-  times = [[], []]
+  times = [[] for _ in forwards]
   for _ in range(batches):
-    for i, (forward, params) in enumerate(runs):
+    for i, (forward, params) in enumerate(forwards):
       start = time.perf_counter()
       jax.block_until_ready(forward(params, images))
       times[i].append(time.perf_counter() - start)
-  dense_s, small_s = (float(np.median(t)) for t in times)
-  return {"dense_median_s": dense_s, "small_median_s": small_s,
-          "speedup": dense_s / small_s}
+  return [float(np.median(t)) for t in times]
 
 
 def _timed_speedup(config: Config, root: pathlib.Path, dense_config: Config,
