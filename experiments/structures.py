@@ -84,12 +84,20 @@ def base(model: str, dataset: str) -> Config:
       eval_every=0, checkpoint_every=0)
 
 
-def cells(model_names, dataset_names, seeds) -> list[Config]:
+def cells(model_names, dataset_names, seeds, variants=None) -> list[Config]:
+  """The runs: every variant (or those labelled in ``variants``) of every
+  model, data set and seed."""
+  known = [label for label, *_ in VARIANTS]
+  unknown = sorted(set(variants or ()) - set(known))
+  if unknown:
+    raise ValueError(f"unknown variants {unknown}; known: {known}")
   configs = []
   for model in model_names:
     for dataset in dataset_names:
       for seed in seeds:
         for label, structure, sparsity, allocation in VARIANTS:
+          if variants and label not in variants:
+            continue
           slug = label.replace(" ", "").replace(":", "of").replace("%", "")
           configs.append(dataclasses.replace(
               base(model, dataset),
@@ -260,14 +268,17 @@ def main(argv=None) -> int:
   parser = sweep.script_parser("structures", jobs=2, seeds="0")
   parser.add_argument("--models", default="lenet300100,lenet5")
   parser.add_argument("--datasets", default="mnist,fashion_mnist")
+  parser.add_argument("--variants", default="",
+                      help="comma-separated labels of VARIANTS; default all")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   try:
     sweep.cell_overrides(args.set)
+    configs = [config_lib.apply_overrides(c, args.set) for c in cells(
+        args.models.split(","), args.datasets.split(","), seeds,
+        [v for v in args.variants.split(",") if v])]
   except ValueError as error:
     parser.error(str(error))
-  configs = [config_lib.apply_overrides(c, args.set) for c in cells(
-      args.models.split(","), args.datasets.split(","), seeds)]
   root = pathlib.Path(args.root)
   if not args.only_collect:
     sweep.run_cells(configs, root, args.jobs)
