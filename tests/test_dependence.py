@@ -354,3 +354,40 @@ def test_bad_input_is_named():
   with pytest.raises(ValueError, match="no kernel mask for layer 'o'"):
     jaxprune.node_weight_masks({"h": {"kernel": jnp.ones((3, 6), bool)}},
                                {"h": np.ones(6, bool)}, layers=layers)
+
+
+class _NormMLP(nn.Module):
+  widths: Sequence[int] = (5,)
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.widths[0])(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=True)(x))
+    return nn.Dense(3)(x)
+
+
+def test_batch_norm_between_the_layers_is_folded_through_and_shrunk():
+  model = _NormMLP()
+  x = _positive_inputs()
+  variables = model.init(jax.random.key(0), x[:1])
+  params = dict(variables["params"])
+  params["Dense_0"] = _dependent_mlp()["Dense_0"]
+  rng = np.random.default_rng(2)
+  # Positive after the norm (relu is the identity): a large bias, small scale.
+  params["BatchNorm_0"] = {"scale": jnp.asarray(rng.uniform(0.1, 0.3, 5), jnp.float32),
+                           "bias": jnp.asarray(rng.uniform(5, 6, 5), jnp.float32)}
+  stats = {"BatchNorm_0": {"mean": jnp.asarray(rng.normal(size=5), jnp.float32),
+                           "var": jnp.asarray(rng.uniform(0.5, 2, 5), jnp.float32)}}
+  full = {"params": params, "batch_stats": stats}
+  acts = jaxprune.unit_activations(model, x, layers=["Dense_0", "Dense_1"],
+                                   variables=full)
+  found = jaxprune.linear_dependence(params, acts, layers=["Dense_0", "Dense_1"],
+                                     norms={"Dense_0": "BatchNorm_0"}, tolerance=1e-4)
+  assert found.report["Dense_0"].removed == (3,)
+  assert float(found.params["BatchNorm_0"]["scale"][3]) == 0.0
+  small = jaxprune.shrink(found.params, found.node_masks, layers=["Dense_0", "Dense_1"],
+                          norms={"Dense_0": "BatchNorm_0"}, batch_stats=stats)
+  got = _NormMLP(widths=(4,)).apply(
+      {"params": small.params, "batch_stats": small.batch_stats}, x)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(model.apply(full, x)),
+                             rtol=1e-5, atol=1e-4)
