@@ -10,6 +10,13 @@ from jaxprune._constraints import DualAscentState
 from jaxprune._constraints import density_constraint
 from jaxprune._constraints import dual_ascent
 from jaxprune._constraints import l0_penalty
+from jaxprune._dependence import Dependence
+from jaxprune._dependence import DependenceSchedule
+from jaxprune._dependence import LayerDependence
+from jaxprune._dependence import dependence_schedule
+from jaxprune._dependence import linear_dependence
+from jaxprune._dependence import node_weight_masks
+from jaxprune._dependence import unit_activations
 from jaxprune._flipout import FlipOutSchedule
 from jaxprune._flipout import FlipOutState
 from jaxprune._flipout import flip_counts
@@ -59,10 +66,13 @@ __version__ = "0.1.0"
 __all__ = (
     "Connectivity",
     "Density",
+    "Dependence",
+    "DependenceSchedule",
     "DualAscentState",
     "FlipOutSchedule",
     "FlipOutState",
     "ImpResult",
+    "LayerDependence",
     "PackedMask",
     "ProjectionState",
     "PruneState",
@@ -79,6 +89,7 @@ __all__ = (
     "connectivity",
     "criteria",
     "density_constraint",
+    "dependence_schedule",
     "dual_ascent",
     "expected_density",
     "expected_l0",
@@ -92,8 +103,10 @@ __all__ = (
     "hard_masks",
     "imp",
     "l0_penalty",
+    "linear_dependence",
     "mask_nodes",
     "masks_of",
+    "node_weight_masks",
     "project_l1",
     "project_l11",
     "project_l21",
@@ -110,4 +123,5 @@ __all__ = (
     "sparsity",
     "structures",
     "synflow",
+    "unit_activations",
 )
