@@ -17,6 +17,7 @@ def test_cells_name_every_variant_and_refuse_unknown_ones():
     structures.cells(["lenet300100"], ["mnist"], [0], ["3:4"])
 
 
+@pytest.mark.long_running(35)
 def test_a_short_sweep_exports_measures_and_shrinks(tmp_path, monkeypatch):
   monkeypatch.setenv("JAXPRUNE_DATA_DIR", "../shared/data")
   out = tmp_path / "out"
