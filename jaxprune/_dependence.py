@@ -137,28 +137,6 @@ class Dependence(NamedTuple):
   report: dict[str, LayerDependence]
 
 
-def _check_layers(params: Any, layers: Sequence[str],
-                  norms: Mapping[str, str] | None, caller: str) -> dict[str, str]:
-  if isinstance(layers, str) or len(layers) < 2:
-    raise ValueError(
-        f"{caller}: layers must name at least two layers in call order, got "
-        f"{layers!r}")
-  for name in layers:
-    if name not in params or "kernel" not in params[name]:
-      raise ValueError(
-          f"{caller}: layer {name!r} is not a top-level entry of the params "
-          f"with a 'kernel'; the params have {sorted(params)}")
-    if np.ndim(params[name]["kernel"]) < 2:
-      raise ValueError(f"{caller}: the kernel of layer {name!r} is not 2-D or more")
-  norms = dict(norms or {})
-  for layer, norm in norms.items():
-    if layer not in layers[:-1] or norm not in params:
-      raise ValueError(
-          f"{caller}: norms maps {layer!r} to {norm!r}; it must map a hidden "
-          f"layer of {list(layers[:-1])} to a layer of the params")
-  return norms
-
-
 def _check_tolerance(tolerance: Any, hidden: Sequence[str]) -> dict[str, float]:
   values = (dict(tolerance) if isinstance(tolerance, Mapping)
             else dict.fromkeys(hidden, tolerance))
@@ -373,7 +351,7 @@ def linear_dependence(
   """
   module = params if isinstance(params, nnx.Module) else None
   plain = _nnx.plain(params)
-  norms = _check_layers(plain, layers, norms, _CALLER)
+  norms = _structured.check_layers(plain, layers, norms, _CALLER)
   hidden = list(layers[:-1])
   tolerances = _check_tolerance(tolerance, hidden)
   if max_removed is not None and (isinstance(max_removed, bool) or not isinstance(
@@ -489,7 +467,7 @@ def unit_activations(
   store: dict[str, Any] = {}
   if isinstance(model, nnx.Module):
     params = _nnx.plain(model)
-    _check_layers(params, layers, None, caller)
+    _structured.check_layers(params, layers, None, caller)
     copy = nnx.merge(*nnx.split(model))  # the model itself is left as it is
     for name in layers[1:]:
       if not isinstance(getattr(copy, name, None), nnx.Module):
@@ -502,7 +480,7 @@ def unit_activations(
           f"{caller}: a Linen model needs its variables ({{'params': ...}}), "
           "passed as variables=")
     params = variables["params"]
-    _check_layers(params, layers, None, caller)
+    _structured.check_layers(params, layers, None, caller)
     wanted = set(layers[1:])
 
     def record(next_fun, args, kwargs, context):

@@ -81,8 +81,12 @@ from jaxprune import schedules
 _CALLER = "jaxprune.snap_it"
 
 
-def _check_layers(params: Any, layers: Sequence[str],
-                  norms: Mapping[str, str] | None, caller: str) -> dict:
+def check_layers(params: Any, layers: Sequence[str],
+                 norms: Mapping[str, str] | None, caller: str) -> dict:
+  """``norms`` as a dict, after checking that ``layers`` name at least two
+  top-level layers with kernels, in call order, and that ``norms`` maps
+  hidden layers to layers of the params; raises ``ValueError`` naming the
+  layer otherwise."""
   if isinstance(layers, str) or len(layers) < 2:
     raise ValueError(
         f"{caller}: layers must name at least two layers in call order, got "
@@ -143,7 +147,7 @@ def node_sensitivity(
     last.
   """
   loss_fn, params = _nnx.as_functional(loss_fn, params)
-  _check_layers(params, layers, None, "jaxprune.scores.node_sensitivity")
+  check_layers(params, layers, None, "jaxprune.scores.node_sensitivity")
   _checks.check_batches(batches, "jaxprune.scores.node_sensitivity")
   batches = list(batches)
   if not batches:
@@ -188,7 +192,7 @@ def mask_nodes(
         mask_nodes(_nnx.plain(params), node_masks, layers=layers, norms=norms),
         nnx.state(params, nnx.Param), "the masked params"))
     return None
-  norms = _check_layers(params, layers, norms, "jaxprune.mask_nodes")
+  norms = check_layers(params, layers, norms, "jaxprune.mask_nodes")
   _check_node_masks(params, node_masks, layers, "jaxprune.mask_nodes")
   params = jax.tree.map(lambda x: x, params)  # a copy of the containers
   for name, keep in node_masks.items():
@@ -261,7 +265,7 @@ def snap_it(
     TypeError: a leaf of the params that is not floating-point.
   """
   loss_fn, params = _nnx.as_functional(loss_fn, params)
-  norms = _check_layers(params, layers, norms, _CALLER)
+  norms = check_layers(params, layers, norms, _CALLER)
   _trees.check_differentiable(params, _CALLER)
   sparsity = _checks.check_sparsity(sparsity, "sparsity")
   rounds = schedules.geometric_rounds(sparsity, steps)
@@ -388,7 +392,7 @@ def shrink(
     if norms and batch_stats is None:
       batch_stats = _nnx.plain(nnx.state(params, nnx.BatchStat)) or None
     params = _nnx.plain(params)
-  norms = _check_layers(params, layers, norms, "jaxprune.shrink")
+  norms = check_layers(params, layers, norms, "jaxprune.shrink")
   _check_node_masks(params, node_masks, layers, "jaxprune.shrink")
   original = params
   params = dict(params)
