@@ -12,6 +12,9 @@ from jaxprune._sharing_kmeans import index_dtype
 from jaxprune._sharing_kmeans import initial_centroids
 from jaxprune._sharing_kmeans import kmeans
 from jaxprune._sharing_kmeans import shared_params
+from jaxprune._sharing_quantize import QuantizedLeaf
+from jaxprune._sharing_quantize import dequantize
+from jaxprune._sharing_quantize import quantize
 from jaxprune._sharing_storage import ENCODINGS
 from jaxprune._sharing_storage import STAGES
 from jaxprune._sharing_storage import CompressedShared
@@ -40,6 +43,7 @@ __all__ = [
     "CompressionReport",
     "FineTuneState",
     "LeafStages",
+    "QuantizedLeaf",
     "SharedLeaf",
     "SharedWeights",
     "Stage",
@@ -47,6 +51,7 @@ __all__ = [
     "compress",
     "decompress",
     "default_gap_bits",
+    "dequantize",
     "fine_tune_centroids",
     "fine_tuned",
     "gap_symbols",
@@ -54,6 +59,7 @@ __all__ = [
     "initial_centroids",
     "kmeans",
     "load",
+    "quantize",
     "save",
     "shared_masks",
     "shared_params",
