@@ -5,6 +5,7 @@ from jaxprune import export
 from jaxprune import projections
 from jaxprune import schedules
 from jaxprune import scores
+from jaxprune import sharing
 from jaxprune import structures
 from jaxprune._constraints import DualAscentState
 from jaxprune._constraints import density_constraint
@@ -116,6 +117,7 @@ __all__ = (
     "replace_masks",
     "schedules",
     "scores",
+    "sharing",
     "shrink",
     "snap_it",
     "snip",

@@ -24,6 +24,7 @@ from jaxprune import export
 from jaxprune import projections
 from jaxprune import schedules
 from jaxprune import scores
+from jaxprune import sharing
 from jaxprune import structures
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,7 +45,8 @@ def _public_names():
   """Every name the API reference must document, as ``jaxprune.NAME``."""
   names = {f"jaxprune.{name}" for name in jaxprune.__all__
            if not inspect.ismodule(getattr(jaxprune, name))}
-  for module in (criteria, schedules, scores, projections, structures, export):
+  for module in (criteria, schedules, scores, projections, structures, export,
+                 sharing):
     public = set(getattr(module, "__all__", ()))
     public |= {
         name for name, value in vars(module).items()
