@@ -80,3 +80,16 @@ def test_the_check_finds_a_private_use(tmp_path):
       "_user.py:2: from jaxprune._flipout import _check_rate",
       "_user.py:3: _pruning._plan_with",
   ]
+
+
+def test_no_module_shadows_a_standard_library_module():
+  """A script run as ``python experiments/x.py`` puts its folder first on
+  ``sys.path``: a module there named like one of the standard library's
+  (``compression``, ``types``...) is imported in its place, by JAX too.
+  (The library's own folder is never on ``sys.path``.)"""
+  import sys
+
+  stdlib = set(sys.stdlib_module_names) | {"compression"}  # 3.14's
+  shadowing = [str(p.relative_to(ROOT)) for p in _modules()
+               if p.parent.name != "jaxprune" and p.stem in stdlib]
+  assert not shadowing, shadowing

@@ -1,4 +1,4 @@
-"""experiments.compression on real MNIST, a few steps: the dense and the
+"""experiments.deep_compression on real MNIST, a few steps: the dense and the
 pruned cell run, then sharing, fine-tuning and Huffman coding are
 tabulated stage by stage."""
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from experiments import compression
+from experiments import deep_compression as compression
 
 
 def test_cells_follow_deep_compression():

@@ -1,7 +1,7 @@
 """Deep Compression's LeNet rows: pruning, weight sharing with centroid
 fine-tuning, and Huffman coding, stage by stage.
 
-    python -m experiments.compression [--jobs 2] [--seeds 0] \\
+    python -m experiments.deep_compression [--jobs 2] [--seeds 0] \\
         [--models lenet300100,lenet5] [--steps N] [--fine-tune-steps N]
 
 For each model on MNIST: the dense network, and global gradual magnitude
@@ -24,7 +24,7 @@ The table gives, per stage, the test error and the bytes and compression
 rate against dense float32, beside Deep Compression's published rows
 (LeNet-300-100: 40x, error 1.64% -> 1.58%; LeNet-5: 39x, 0.80% -> 0.74%).
 Writes ``table.md`` and ``results.json`` into
-``experiments/results/compression/``; runs live in ``runs/compression/CELL``
+``experiments/results/deep_compression/``; runs live in ``runs/deep_compression/CELL``
 and finished cells are not run again.
 """
 
@@ -175,7 +175,7 @@ def table(records: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  parser = sweep.script_parser("compression", jobs=2, seeds="0")
+  parser = sweep.script_parser("deep_compression", jobs=2, seeds="0")
   parser.add_argument("--models", default="lenet300100,lenet5")
   parser.add_argument("--steps", type=int, default=None,
                       help="training steps per cell (default: 20 epochs)")
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
   if not records:
     raise SystemExit("no finished runs to collect for 'compression': nothing written")
   out = pathlib.Path(args.out)
-  command = "python -m experiments.compression " + " ".join(
+  command = "python -m experiments.deep_compression " + " ".join(
       sys.argv[1:] if argv is None else argv)
   sweep.write_results_json(out, command, records)
   text = table(records)
