@@ -39,7 +39,8 @@ Example:
 
 References:
   Alqahtani, Xie, Essa and Jones, "Neuron-Based Network Pruning Based on
-  Majority Voting", ICPR 2020, https://doi.org/10.1109/ICPR48806.2021.9412897
+  Majority Voting", ICPR 2020 (abstract:
+  https://ailb-web.ing.unimore.it/icpr/author/1262)
 """
 
 from __future__ import annotations
