@@ -61,6 +61,13 @@ from jaxprune._structured import mask_nodes
 from jaxprune._structured import shrink
 from jaxprune._structured import snap_it
 from jaxprune._train_state import TrainState
+from jaxprune._voting import LayerVotes
+from jaxprune._voting import VotePruning
+from jaxprune._voting import VoteSchedule
+from jaxprune._voting import add_votes
+from jaxprune._voting import neuron_votes
+from jaxprune._voting import prune_by_votes
+from jaxprune._voting import vote_schedule
 
 __version__ = "0.1.0"
 
@@ -74,6 +81,7 @@ __all__ = (
     "FlipOutState",
     "ImpResult",
     "LayerDependence",
+    "LayerVotes",
     "PackedMask",
     "ProjectionState",
     "PruneState",
@@ -83,7 +91,10 @@ __all__ = (
     "Sparsity",
     "TrainState",
     "Trained",
+    "VotePruning",
+    "VoteSchedule",
     "add_gates",
+    "add_votes",
     "apply_masks",
     "apply_gates",
     "clip_log_alpha",
@@ -107,12 +118,14 @@ __all__ = (
     "linear_dependence",
     "mask_nodes",
     "masks_of",
+    "neuron_votes",
     "node_weight_masks",
     "project_l1",
     "project_l11",
     "project_l21",
     "projections",
     "prune",
+    "prune_by_votes",
     "prune_once",
     "replace_masks",
     "schedules",
@@ -126,4 +139,5 @@ __all__ = (
     "structures",
     "synflow",
     "unit_activations",
+    "vote_schedule",
 )
