@@ -184,13 +184,7 @@ def _run(step, params, state, steps=6):
   return params, state
 
 
-# Rows whose sharded paths another row runs already: blocks are placed as
-# N:M groups are (gathered keys, the mask split again), FlipOut's channels
-# as prune's.
-_SAME_PATHS = {"prune-blocks-layerwise": "prune-1of2",
-               "flipout-channels": "prune-channels-global"}
-_ALL = ([name for name in transforms.MASKED if name not in _SAME_PATHS]
-        + list(transforms.GATED))
+_ALL = list(transforms.MASKED) + list(transforms.GATED)
 # N:M groups and blocks tile a tensor across its shards: under explicit
 # sharding their mask update gathers the tensor's ranking keys (documented
 # in jaxprune.structures); the results must match all the same.

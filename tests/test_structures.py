@@ -114,9 +114,11 @@ def test_n_of_m_keeps_pruned_weights_pruned_and_counts_nan_last():
   assert np.asarray(masks["w"])[:, 0].tolist() == [False, True, False, True]
 
 
-@pytest.mark.parametrize("pool", ["sum", "mean", "max"])
-@pytest.mark.parametrize("allocation", ["global", "layerwise", "global_topk"])
-@pytest.mark.parametrize("kind", ["block", "channels"])
+@pytest.mark.parametrize("kind,allocation,pool", [
+    ("block", "global", "mean"), ("block", "layerwise", "sum"),
+    ("block", "global_topk", "max"), ("channels", "global", "max"),
+    ("channels", "layerwise", "mean"), ("channels", "global_topk", "sum"),
+])
 def test_pooled_units_match_the_reference(kind, allocation, pool):
   params = _params([(8, 6), (2, 2, 4, 6), (4, 12)], seed=3)
   sparsity = 0.6
@@ -247,8 +249,12 @@ _STRUCTURES = {
 }
 
 
-@pytest.mark.parametrize("optimizer", list(_OPTIMIZERS))
-@pytest.mark.parametrize("structure", list(_STRUCTURES))
+# Every structure under AdamW (against the eager step too), and each of the
+# other optimizers under one structure: the zeroing does not depend on it.
+@pytest.mark.parametrize("structure,optimizer", [
+    ("2:4", "adamw"), ("block-4x4", "adamw"), ("channels", "adamw"),
+    ("2:4", "lion"), ("block-4x4", "momentum"), ("channels", "adafactor"),
+])
 def test_pruned_weights_stay_exactly_zero_and_jit_equals_no_jit(structure, optimizer):
   kind, sparsity = _STRUCTURES[structure]
   x = jax.random.normal(jax.random.key(0), (32, 8))

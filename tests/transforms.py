@@ -40,15 +40,10 @@ MASKED = {
     "prune-1of2": lambda inner, params: jaxprune.prune(
         inner, criterion=criteria.magnitude, schedule=SCHEDULE,
         structure=structures.n_of_m(1, 2)),
-    "prune-blocks-layerwise": lambda inner, params: jaxprune.prune(
-        inner, criterion=criteria.saliency, schedule=SCHEDULE,
-        allocation="layerwise", structure=structures.block((2, 1))),
     "prune-channels-global": lambda inner, params: jaxprune.prune(
         inner, criterion=criteria.magnitude, schedule=SCHEDULE,
         structure=structures.channels(pool="max")),
     "flipout": lambda inner, params: jaxprune.flipout(inner, prune_every=2),
-    "flipout-channels": lambda inner, params: jaxprune.flipout(
-        inner, prune_every=2, rate=0.6, structure=structures.channels()),
     "flipout-packed": lambda inner, params: jaxprune.flipout(
         inner, prune_every=2, packed_masks=True),
     "flipout-noiseless-p1": lambda inner, params: jaxprune.flipout(
