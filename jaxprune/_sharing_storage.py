@@ -504,8 +504,7 @@ def save(file: str | os.PathLike | IO[bytes], compressed: CompressedShared) -> N
     for name, array in leaf.arrays.items():
       array = np.asarray(array)
       key = f"{i}.{name}"
-      arrays[key] = array if array.dtype.isbuiltin == 1 else array.view(
-          np.dtype(f"u{array.dtype.itemsize}"))
+      arrays[key] = _storage.storable(array)
       stored[name] = {"key": key, "dtype": np.dtype(array.dtype).name}
     leaves.append({"path": list(leaf.path), "shape": list(leaf.shape),
                    "dtype": leaf.dtype, "encoding": leaf.encoding,

@@ -325,7 +325,7 @@ def size_report(compressed: Compressed) -> SizeReport:
   return SizeReport(tuple(leaves), total, dense, _ratio(total, dense))
 
 
-def _storable(array: np.ndarray) -> np.ndarray:
+def storable(array: np.ndarray) -> np.ndarray:
   """``array`` as numpy writes and reads it without pickle: dtypes numpy
   does not know itself (bfloat16, float8...) as unsigned integers of the
   same width, bit for bit."""
@@ -362,7 +362,7 @@ def save(file: str | os.PathLike | IO[bytes], compressed: Compressed) -> None:
     stored = {}
     for name, array in leaf.arrays.items():
       key = f"{i}.{name}"
-      arrays[key] = _storable(np.asarray(array))
+      arrays[key] = storable(np.asarray(array))
       stored[name] = {"key": key, "dtype": np.dtype(array.dtype).name}
     leaves.append({"path": list(leaf.path), "shape": list(leaf.shape),
                    "dtype": leaf.dtype, "encoding": leaf.encoding,
