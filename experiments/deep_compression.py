@@ -36,7 +36,6 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -44,6 +43,7 @@ from experiments import checkpoints
 from experiments import config as config_lib
 from experiments import data
 from experiments import files
+from experiments import loops
 from experiments import networks
 from experiments import reports
 from experiments import sweep
@@ -88,37 +88,16 @@ def cells(model_names, seeds, steps: int | None = None) -> list[Config]:
 
 def error(model, params, split) -> float:
   """The test error, in percent."""
-  apply = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1))
-  images = data.normalise(np.asarray(split.images), split.name)
-  correct = sum(int(jnp.sum(apply(params, images[i:i + 1000])
-                            == jnp.asarray(split.labels[i:i + 1000])))
-                for i in range(0, len(images), 1000))
-  return 100.0 * (1 - correct / len(images))
+  return loops.error_percent(lambda p, x: model.apply({"params": p}, x),
+                             params, split)
 
 
 def fine_tune(model, shared, train, steps: int, seed: int):
   """``steps`` of Adam on the centroids; the fine-tuned SharedWeights."""
-  params = sharing.shared_params(shared)
   tx = sharing.fine_tune_centroids(optax.adam(1e-4), shared)
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, x, y):
-    def loss(p):
-      logits = model.apply({"params": p}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    updates, state = tx.update(jax.grad(loss)(params), state, params)
-    return optax.apply_updates(params, updates), state
-
-  images = data.normalise(np.asarray(train.images), train.name)
-  labels = np.asarray(train.labels)
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(len(images))
-  for i in range(steps):
-    start = (i * BATCH) % (len(images) - BATCH + 1)
-    batch = order[start:start + BATCH]
-    params, state = step(params, state, jnp.asarray(images[batch]),
-                         jnp.asarray(labels[batch]))
+  params, state = loops.train_steps(
+      lambda p, x: model.apply({"params": p}, x), tx,
+      sharing.shared_params(shared), train, steps=steps, seed=seed, batch=BATCH)
   return sharing.fine_tuned(shared, state, params)
 
 
