@@ -43,6 +43,23 @@ def placed_like(x, reference) -> jax.Array:
   return x  # placed by jax, like the uncommitted ``reference``
 
 
+def replicated_like(x, reference) -> jax.Array:
+  """``x`` as a jax array copied whole onto every device that holds a part of
+  ``reference`` (any shape): the small state beside sharded params, such as
+  a codebook of a sharded kernel."""
+  x = jnp.asarray(x)
+  if isinstance(reference, jax.core.Tracer):
+    if explicit_axes(reference):
+      return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+    return x
+  sharding = getattr(reference, "sharding", None)
+  if (isinstance(reference, jax.Array) and reference.committed
+      and isinstance(sharding, jax.sharding.NamedSharding)):
+    return jax.device_put(x, jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec()))
+  return x
+
+
 def flat_index(shape: tuple[int, ...], dtype=jnp.int32, offset: int = 0,
                like: jax.Array | None = None) -> jax.Array:
   """``offset`` plus each entry's row-major position in an array of

@@ -32,12 +32,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxprune import _inspect
 from jaxprune import _nested
 from jaxprune import _nnx
+from jaxprune import _sharding
 from jaxprune import _sharing_kmeans
 from jaxprune import _trees
 
 
+@_inspect.register_mask_state
 class FineTuneState(NamedTuple):
   """The state of :func:`fine_tune_centroids`.
 
@@ -47,7 +50,9 @@ class FineTuneState(NamedTuple):
   Attributes:
     centroids: one float32 ``[2**bits]`` array per shared leaf.
     indices: each shared leaf's centroid indices (its shape, unsigned).
-    masks: each shared leaf's mask (True = kept).
+    masks: the masks, with the structure of the params (plain form):
+      each shared leaf's mask (True = kept), ``None`` at the other leaves;
+      :func:`jaxprune.masks_of` reads them.
     inner_state: the state of ``inner``, whose params are the pair
       ``(centroids, rest)``: the tuple of centroids and the tuple of the
       leaves that share no codebook.
@@ -55,7 +60,7 @@ class FineTuneState(NamedTuple):
 
   centroids: tuple[jax.Array, ...]
   indices: tuple[jax.Array, ...]
-  masks: tuple[jax.Array, ...]
+  masks: Any
   inner_state: optax.OptState
 
 
@@ -93,6 +98,13 @@ def _split(tree: Any, books: dict, caller: str, what: str):
         f"{', '.join(_trees.path_string(p) for p in missing)}, which shares a "
         "codebook; give the params the codebooks were made for")
   return [leaf for _, leaf in flat], paths, slots, treedef
+
+
+def _lookup(table: jax.Array, indices: jax.Array) -> jax.Array:
+  """``table[indices]``, sharded as ``indices`` are."""
+  if _sharding.explicit_axes(indices):
+    return table.at[indices].get(out_sharding=jax.typeof(indices).sharding.spec)
+  return jnp.take(table, indices)
 
 
 def fine_tune_centroids(inner: optax.GradientTransformation,
@@ -145,17 +157,26 @@ def fine_tune_centroids(inner: optax.GradientTransformation,
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    leaves, paths, slots, _ = _split(params, books, caller, "the params")
+    leaves, paths, slots, treedef = _split(params, books, caller, "the params")
     for leaf, path, slot in zip(leaves, paths, slots):
       if slot is not None and jnp.shape(leaf) != books[path].indices.shape:
         raise ValueError(
             f"{caller}: {_trees.path_string(path)} has shape {jnp.shape(leaf)} "
             f"in the params but {books[path].indices.shape} in the codebooks")
-    centroids = tuple(b.centroids for b in books.values())
+    # The indices and masks live beside their weights (sharded as they are),
+    # the centroids whole on each of their devices.
+    placed = {path: leaf for leaf, path, slot in zip(leaves, paths, slots)
+              if slot is not None}
+    centroids = tuple(_sharding.replicated_like(b.centroids, placed[path])
+                      for path, b in books.items())
     rest = tuple(leaf for leaf, slot in zip(leaves, slots) if slot is None)
-    return FineTuneState(
-        centroids, tuple(b.indices for b in books.values()),
-        tuple(b.mask for b in books.values()), inner.init((centroids, rest)))
+    masks = _nnx.plain(jax.tree.unflatten(treedef, [
+        None if slot is None
+        else _sharding.placed_like(books[path].mask, placed[path])
+        for path, slot in zip(paths, slots)]))
+    indices = tuple(_sharding.placed_like(book.indices, placed[path])
+                    for path, book in books.items())
+    return FineTuneState(centroids, indices, masks, inner.init((centroids, rest)))
 
   def update_fn(updates, state, params=None, **extra_args):
     _trees.check_state_type(state, FineTuneState, caller)
@@ -165,14 +186,19 @@ def fine_tune_centroids(inner: optax.GradientTransformation,
           "the weights are moved onto their centroids")
     grads, _, slots, treedef = _split(updates, books, caller, "the gradients")
     values = jax.tree.leaves(_nnx.without_variables(params))
+    masks = jax.tree.leaves(state.masks, is_leaf=lambda m: m is None)
     k_grads = [None] * len(books)
-    for grad, slot in zip(grads, slots):
+    for grad, slot, mask in zip(grads, slots, masks, strict=True):
       if slot is not None:
-        indices, mask = state.indices[slot], state.masks[slot]
+        indices = state.indices[slot]
         kept = jnp.where(mask, grad, jnp.zeros_like(grad)).astype(jnp.float32)
-        k_grads[slot] = jax.ops.segment_sum(
-            kept.reshape(-1), indices.reshape(-1).astype(jnp.int32),
-            num_segments=state.centroids[slot].shape[0])
+        # A scatter-add over the kernel's own shape: no reshape, so a
+        # sharded kernel is summed where its shards lie.
+        # Under explicit sharding the sums come out whole on every device.
+        whole = ({"out_sharding": jax.sharding.PartitionSpec()}
+                 if _sharding.explicit_axes(kept) else {})
+        k_grads[slot] = jnp.zeros_like(state.centroids[slot]).at[
+            indices.astype(jnp.int32)].add(kept, **whole)
     rest = tuple(g for g, slot in zip(grads, slots) if slot is None)
     steps, inner_state = inner.update(
         (tuple(k_grads), rest), state.inner_state,
@@ -188,18 +214,18 @@ def fine_tune_centroids(inner: optax.GradientTransformation,
     moves = jax.tree.map(jnp.subtract, proposed, state.centroids)
     centroids = jax.tree.map(jnp.add, state.centroids, moves)
     out, rest_steps = [], list(rest_steps)
-    for value, slot in zip(values, slots):
+    for value, slot, mask in zip(values, slots, masks, strict=True):
       if slot is None:
         out.append(rest_steps.pop(0))
         continue
       indices = state.indices[slot].astype(jnp.int32)
-      old = jnp.take(state.centroids[slot], indices)
-      step = jnp.take(moves[slot], indices)
+      old = _lookup(state.centroids[slot], indices)
+      step = _lookup(moves[slot], indices)
       value32 = value.astype(jnp.float32)
       # Zero where the weight is on its centroid: then weight + update is
       # centroid + step, computed as apply_updates computes the centroid.
       moved = (old - value32) + step
-      out.append(jnp.where(state.masks[slot], moved, -value32).astype(value.dtype))
+      out.append(jnp.where(mask, moved, -value32).astype(value.dtype))
     new_state = FineTuneState(centroids, state.indices, state.masks, inner_state)
     return jax.tree.unflatten(treedef, out), new_state
 

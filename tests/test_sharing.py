@@ -188,7 +188,8 @@ def _assert_on_centroids(params, state, shared):
   books = {("dense", "kernel"): 0, ("out", "kernel"): 1}
   for (a, b), slot in books.items():
     w = np.asarray(params[a][b])
-    mask = np.asarray(state.masks[slot])
+    mask = np.asarray(state.masks[a][b])
+    np.testing.assert_array_equal(jaxprune.masks_of(state)[a][b], mask)
     expected = np.asarray(state.centroids[slot])[np.asarray(state.indices[slot])]
     assert np.array_equal(_bits(w[mask]), _bits(expected[mask])), (a, b)
     assert np.all(_bits(w[~mask]) == 0), (a, b)

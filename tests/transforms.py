@@ -11,6 +11,7 @@ import optax
 import jaxprune
 from jaxprune import criteria
 from jaxprune import schedules
+from jaxprune import sharing
 from jaxprune import structures
 
 SCHEDULE = schedules.polynomial(0.75, begin_step=0, end_step=4, frequency=2)
@@ -48,6 +49,8 @@ MASKED = {
         inner, prune_every=2, packed_masks=True),
     "flipout-noiseless-p1": lambda inner, params: jaxprune.flipout(
         inner, prune_every=2, rate=0.6, p=1.0, noise=0.0, final_sparsity=0.8),
+    "fine-tune-centroids": lambda inner, params: sharing.fine_tune_centroids(
+        inner, sharing.codebooks(params, every_fourth_kept(params), bits=2)),
     "project-l1": lambda inner, params: optax.chain(inner, jaxprune.project_l1(0.1)),
     "project-l21": lambda inner, params: optax.chain(inner, jaxprune.project_l21(0.1)),
     "project-l11": lambda inner, params: optax.chain(inner, jaxprune.project_l11(0.1)),
