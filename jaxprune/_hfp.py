@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,7 +163,7 @@ def information_gain(
     layers: the dense and conv layers, in call order (as for
       :func:`jaxprune.shrink`).
     variables: the Linen model's variables (``{'params': ...}``, with its
-      ``batch_stats`` if any).
+      ``batch_stats`` if any); may be left out where ``params`` is given.
     params: the plain params to score instead of the model's (of
       ``variables`` or of the NNX model), as :func:`opti_cut` hands them
       to ``importance``.
@@ -181,6 +182,8 @@ def information_gain(
       keeping no unit, a bad ``chunk``, non-finite outputs.
   """
   caller = "jaxprune.information_gain"
+  if isinstance(model, nn.Module) and variables is None and params is not None:
+    variables = {"params": params}
   apply, own_params, own_stats = _recording.pure_apply(model, variables, caller)
   params = own_params if params is None else _nnx.plain(params)
   batch_stats = own_stats if batch_stats is None else _nnx.plain(batch_stats)

@@ -277,7 +277,7 @@ def _grids(params: Any, layers: Sequence[str], widths: Any) -> dict[str, np.ndar
   return grids
 
 
-def _resized_input(x: Any, units: int, width: int, name: str) -> np.ndarray:
+def _resized_input(x: Any, units: int, width: int, name: str) -> jax.Array:
   """An input like ``x`` whose last axis reads ``width`` of the previous
   layer's ``units`` (a flattened ``(h, w, c)`` map keeps its positions)."""
   shape = np.shape(x)
@@ -288,10 +288,10 @@ def _resized_input(x: Any, units: int, width: int, name: str) -> np.ndarray:
         "layers in call order")
   new = (*shape[:-1], shape[-1] // units * width)
   rng = np.random.default_rng(0)
-  return rng.standard_normal(new).astype(jnp.result_type(x))
+  return jax.device_put(rng.standard_normal(new).astype(jnp.result_type(x)))
 
 
-def _linen_layer(module: nn.Module, name: str, width: int, x: np.ndarray):
+def _linen_layer(module: nn.Module, name: str, width: int, x: jax.Array):
   """``(fn, args)`` running a copy of the Linen ``module`` with ``width``
   outputs on ``x``."""
   features = getattr(module, "features", None)
@@ -303,12 +303,16 @@ def _linen_layer(module: nn.Module, name: str, width: int, x: np.ndarray):
     raise ValueError(f"{_CALLER}: layer {name!r} is a grouped convolution, "
                      "which cannot be rebuilt at other input widths")
   copy = module.clone(parent=None, features=width)
-  variables = copy.init(jax.random.key(0), x)
+  # Made from shapes alone: an eager init would compile its ops anew for
+  # every shape of the grid (20 s for a small table on a CPU).
+  shapes = jax.eval_shape(copy.init, jax.random.key(0), x)
+  variables = jax.tree.map(
+      lambda s: jax.device_put(np.full(s.shape, 0.01, s.dtype)), shapes)
   return jax.jit(copy.apply), (variables, x)
 
 
 def _nnx_layer(layer: nnx.Module, name: str, units_before: int, width_in: int,
-               width: int, x: np.ndarray):
+               width: int, x: jax.Array):
   """``(fn, args)`` running a copy of the NNX ``layer`` sliced to read
   ``width_in`` of the previous layer's ``units_before`` units (at every
   position of a flattened map) and to have ``width`` outputs, on ``x``."""
@@ -321,14 +325,14 @@ def _nnx_layer(layer: nnx.Module, name: str, units_before: int, width_in: int,
     raise ValueError(f"{_CALLER}: layer {name!r} is a grouped or masked "
                      "convolution, which cannot be rebuilt at other widths")
   copy = nnx.clone(layer)  # merge(*split(layer)) would share its Variables
-  kernel = copy.kernel.get_value()
+  kernel = np.asarray(copy.kernel.get_value())  # numpy: no compilation per shape
   *taps, rows, outputs = kernel.shape
   kernel = kernel.reshape(*taps, rows // units_before, units_before, outputs)
   kernel = kernel[..., :width_in, :width].reshape(
       *taps, rows // units_before * width_in, width)
-  copy.kernel.set_value(kernel)
+  copy.kernel.set_value(jax.device_put(kernel))
   if copy.bias is not None:
-    copy.bias.set_value(copy.bias.get_value()[:width])
+    copy.bias.set_value(jax.device_put(np.asarray(copy.bias.get_value())[:width]))
   copy.in_features, copy.out_features = width_in, width
   if isinstance(copy, nnx.Conv):
     copy.kernel_shape = tuple(copy.kernel.get_value().shape)
