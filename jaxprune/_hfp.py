@@ -334,7 +334,8 @@ def opti_cut(
   and removes them in ascending order of score, one at a time, predicting
   the latency of the current widths with ``table`` after each removal, until
   ``per_round`` units are removed or the prediction is at most the budget;
-  every hidden layer keeps at least one unit (its other units go on).  Then
+  every hidden layer keeps at least one unit (a layer's last unit is
+  passed over and the ranking goes on).  Then
   ``recover(params, node_masks, batch_stats)`` trains briefly (the removed
   units are masked again after it), and the rounds repeat until the
   prediction meets the budget.  The last removal is the one that met it.
