@@ -24,6 +24,10 @@ from jaxprune._flipout import flip_counts
 from jaxprune._flipout import flipout
 from jaxprune._flipout import flipout_schedule
 from jaxprune._flipout import flipout_sparsity
+from jaxprune._hfp import OptiCut
+from jaxprune._hfp import OptiCutRound
+from jaxprune._hfp import information_gain
+from jaxprune._hfp import opti_cut
 from jaxprune._imp import ImpResult
 from jaxprune._imp import Round
 from jaxprune._imp import RoundRecord
@@ -41,6 +45,9 @@ from jaxprune._l0 import expected_density
 from jaxprune._l0 import expected_l0
 from jaxprune._l0 import gate_labels
 from jaxprune._l0 import hard_masks
+from jaxprune._latency import LatencyTable
+from jaxprune._latency import latency_table
+from jaxprune._latency import median_latency
 from jaxprune._masks import apply_masks
 from jaxprune._packing import PackedMask
 from jaxprune._paths import Connectivity
@@ -80,8 +87,11 @@ __all__ = (
     "FlipOutSchedule",
     "FlipOutState",
     "ImpResult",
+    "LatencyTable",
     "LayerDependence",
     "LayerVotes",
+    "OptiCut",
+    "OptiCutRound",
     "PackedMask",
     "ProjectionState",
     "PruneState",
@@ -114,12 +124,16 @@ __all__ = (
     "grasp",
     "hard_masks",
     "imp",
+    "information_gain",
     "l0_penalty",
+    "latency_table",
     "linear_dependence",
     "mask_nodes",
     "masks_of",
+    "median_latency",
     "neuron_votes",
     "node_weight_masks",
+    "opti_cut",
     "project_l1",
     "project_l11",
     "project_l21",

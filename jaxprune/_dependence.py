@@ -62,13 +62,13 @@ from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxprune import _nnx
+from jaxprune import _recording
 from jaxprune import _structured
 
 _CALLER = "jaxprune.linear_dependence"
@@ -400,17 +400,6 @@ def linear_dependence(
   return Dependence(params, node_masks, report)
 
 
-class _Recorder:
-  """Stands in for an NNX layer: records its first argument, then calls it."""
-
-  def __init__(self, layer, name, store):
-    self.layer, self.name, self.store = layer, name, store
-
-  def __call__(self, x, *args, **kwargs):
-    self.store[self.name] = x
-    return self.layer(x, *args, **kwargs)
-
-
 def unit_activations(
     model: Any,
     inputs: Any,
@@ -464,37 +453,10 @@ def unit_activations(
       the previous layer's units.
   """
   caller = "jaxprune.unit_activations"
-  store: dict[str, Any] = {}
-  if isinstance(model, nnx.Module):
-    params = _nnx.plain(model)
-    _structured.check_layers(params, layers, None, caller)
-    copy = nnx.merge(*nnx.split(model))  # the model itself is left as it is
-    for name in layers[1:]:
-      if not isinstance(getattr(copy, name, None), nnx.Module):
-        raise ValueError(f"{caller}: the model has no layer attribute {name!r}")
-      setattr(copy, name, _Recorder(getattr(copy, name), name, store))
-    copy(inputs)
-  elif isinstance(model, nn.Module):
-    if variables is None or "params" not in variables:
-      raise ValueError(
-          f"{caller}: a Linen model needs its variables ({{'params': ...}}), "
-          "passed as variables=")
-    params = variables["params"]
-    _structured.check_layers(params, layers, None, caller)
-    wanted = set(layers[1:])
-
-    def record(next_fun, args, kwargs, context):
-      module = context.module
-      if (context.method_name == "__call__" and len(module.path) == 1
-          and module.name in wanted and args):
-        store[module.name] = args[0]
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-      model.apply(variables, inputs)
-  else:
-    raise TypeError(f"{caller}: model must be a Flax Linen or NNX module, got "
-                    f"{type(model).__name__}")
+  params = _recording.model_params(model, variables, caller)
+  _structured.check_layers(params, layers, None, caller)
+  store = {name: call.inputs for name, call in _recording.layer_calls(
+      model, inputs, layers[1:], variables, caller).items()}
   found = {}
   for name, following in zip(layers[:-1], layers[1:]):
     if following not in store:
