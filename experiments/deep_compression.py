@@ -23,7 +23,7 @@ the pruned run's final checkpoint, in this process:
 The table gives, per stage, the test error and the bytes and compression
 rate against dense float32, beside Deep Compression's published rows
 (LeNet-300-100: 40x, error 1.64% -> 1.58%; LeNet-5: 39x, 0.80% -> 0.74%).
-Writes ``table.md`` and ``results.json`` into
+Writes ``table.md``, ``results.json`` and ``error_vs_bytes.png`` into
 ``experiments/results/deep_compression/``; runs live in ``runs/deep_compression/CELL``
 and finished cells are not run again.
 """
@@ -153,6 +153,35 @@ def table(records: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def plot(records: list[dict], path: pathlib.Path) -> None:
+  """Test error against bytes, stage by stage, with Han et al.'s rows."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in records:
+    s = r["stages"]
+    points = [(s["dense float32"]["bytes"], r["dense_error"]),
+              (s["pruned"]["bytes"], r["pruned_error"]),
+              (s["shared"]["bytes"], r["fine_tuned_error"]),
+              (s["huffman"]["bytes"], r["fine_tuned_error"])]
+    ax.plot(*zip(*points), marker="o", label=f"{r['model']} seed {r['seed']}")
+    paper = PAPER[r["model"]]
+    dense = s["dense float32"]["bytes"]
+    ax.plot([dense, dense / paper["rate"]],
+            [paper["dense_error"], paper["compressed_error"]], ls=":", marker="x",
+            label=f"{r['model']}, Han et al.")
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ax.set_xlabel("bytes (dense, pruned, shared, Huffman)")
+  ax.set_ylabel("test error %")
+  ax.set_title("Deep Compression's stages on MNIST")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def main(argv=None) -> int:
   parser = sweep.script_parser("deep_compression", jobs=2, seeds="0")
   parser.add_argument("--models", default="lenet300100,lenet5")
@@ -194,6 +223,7 @@ def main(argv=None) -> int:
       f"{jax.devices()[0].platform}.\n\n" + text + "\n## Per leaf\n\n"
       + "\n\n".join(f"{r['model']} seed {r['seed']}:\n\n{r['leaves']}" for r in records)
       + "\n")
+  plot(records, out / "error_vs_bytes.png")
   print(text)
   return 0
 

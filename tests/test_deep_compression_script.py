@@ -35,3 +35,4 @@ def test_smoke_run_writes_every_stage(data_dirs, tmp_path):
   assert abs(record["kernel_density"] - 0.08) < 0.001
   table = (out / "table.md").read_text()
   assert "+ Huffman coded" in table and "| lenet300100 | Han et al. |" in table
+  assert (out / "error_vs_bytes.png").exists()
