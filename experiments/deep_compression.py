@@ -2,12 +2,16 @@
 fine-tuning, and Huffman coding, stage by stage.
 
     python -m experiments.deep_compression [--jobs 2] [--seeds 0] \\
-        [--models lenet300100,lenet5] [--steps N] [--fine-tune-steps N]
+        [--models lenet300100,lenet5] [--steps N] [--fine-tune-steps N] \\
+        [--method magnitude] [--sparsity 0.92]
 
 For each model on MNIST: the dense network, and global gradual magnitude
 pruning to 92% sparsity (Deep Compression keeps 8% of the weights of both
 LeNets; Zhu & Gupta's schedule from half an epoch to 60% of the run, a
-level every quarter epoch), each a cell run by ``experiments.run``.  From
+level every quarter epoch), each a cell run by ``experiments.run``;
+``--method`` prunes with any other method of the runner (``snip``,
+``flipout``, ...) and ``--sparsity`` to another sparsity, for the same
+stages after it.  From
 the pruned run's final checkpoint, in this process:
 
 - **sharing**: ``jaxprune.sharing.codebooks`` by linear initialisation, with
@@ -74,14 +78,19 @@ def base(model: str, steps: int | None = None) -> Config:
       eval_every=0, checkpoint_every=0)
 
 
-def cells(model_names, seeds, steps: int | None = None) -> list[Config]:
+def cells(model_names, seeds, steps: int | None = None, method: str = "magnitude",
+          sparsity: float = SPARSITY) -> list[Config]:
+  """The dense run and the pruned run (by ``method``, any of the runner's)
+  of each model and seed."""
   configs = []
   for model in model_names:
     for seed in seeds:
-      for method in ("dense", "magnitude"):
+      for cell_method in ("dense", method):
+        tag = (cell_method if cell_method == "dense" or sparsity == SPARSITY
+               else f"{cell_method}{sparsity:g}")
         configs.append(dataclasses.replace(
-            base(model, steps), name=f"{model}-{method}-seed{seed}", method=method,
-            sparsity=0.0 if method == "dense" else SPARSITY,
+            base(model, steps), name=f"{model}-{tag}-seed{seed}",
+            method=cell_method, sparsity=0.0 if cell_method == "dense" else sparsity,
             allocation="global", seed=seed))
   return configs
 
@@ -119,7 +128,8 @@ def run_record(config: Config, dense: Config, root: pathlib.Path, train, test,
   kept = sum(int(np.asarray(m).sum()) for m in jax.tree.leaves(masks))
   total = sum(int(np.asarray(m).size) for m in jax.tree.leaves(masks))
   return {
-      "model": config.model, "seed": config.seed, "bits": BITS_TEXT[config.model],
+      "model": config.model, "seed": config.seed, "method": config.method,
+      "bits": BITS_TEXT[config.model],
       "kernel_density": kept / total,
       "dense_error": 100.0 * (1 - dense_summary["final_test_accuracy"]),
       "pruned_error": 100.0 * (1 - summary["final_test_accuracy"]),
@@ -136,7 +146,8 @@ def table(records: list[dict]) -> str:
     s = r["stages"]
     rows = [
         ("dense float32", r["dense_error"], s["dense float32"]),
-        (f"pruned to {r['kernel_density']:.1%} of the kernels (CSR)",
+        (f"pruned by {r.get('method', 'magnitude')} to "
+         f"{r['kernel_density']:.1%} of the kernels (CSR)",
          r["pruned_error"], s["pruned"]),
         (f"+ shared, {r['bits']}", r["shared_error"], s["shared"]),
         (f"+ centroids fine-tuned ({r['fine_tune_steps']} steps)",
@@ -188,6 +199,10 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=None,
                       help="training steps per cell (default: 20 epochs)")
   parser.add_argument("--fine-tune-steps", type=int, default=_EPOCH)
+  parser.add_argument("--method", default="magnitude",
+                      help="the pruning method of the pruned cell, any of "
+                      "experiments.run's (default: gradual magnitude)")
+  parser.add_argument("--sparsity", type=float, default=SPARSITY)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   try:
@@ -195,7 +210,7 @@ def main(argv=None) -> int:
   except ValueError as error_:
     parser.error(str(error_))
   configs = [config_lib.apply_overrides(c, args.set) for c in cells(
-      args.models.split(","), seeds, args.steps)]
+      args.models.split(","), seeds, args.steps, args.method, args.sparsity)]
   root = pathlib.Path(args.root)
   if not args.only_collect:
     sweep.run_cells(configs, root, args.jobs)

@@ -2,12 +2,14 @@
 against the unquantized network.
 
     python -m experiments.quantized_training [--jobs 2] [--seeds 0] \\
-        [--models lenet300100,lenet5] [--steps N] [--qat-steps N]
+        [--models lenet300100,lenet5] [--steps N] [--qat-steps N] \\
+        [--method magnitude] [--sparsity 0.9]
 
 For each model on MNIST, one cell run by ``experiments.run``: global
 gradual magnitude pruning to 90% sparsity (Zhu & Gupta's schedule, as in
 ``experiments.deep_compression``; 20 epochs of LeNet-300-100, 10 of
-LeNet-5-Caffe).  From its final checkpoint, in this process:
+LeNet-5-Caffe); ``--method`` and ``--sparsity`` prune otherwise.  From
+its final checkpoint, in this process:
 
 - **post-training quantization**: the pruned weights quantized to int8 and
   int4, symmetric per output channel, by qwix (``qwix.QtProvider`` rules
@@ -71,16 +73,17 @@ VARIANTS = ("float32", "int8", "int4")
 BITS = {"float32": 32, "int8": 8, "int4": 4}
 
 
-def cells(model_names, seeds, steps: int | None = None) -> list[Config]:
-  """One pruned run per model and seed."""
+def cells(model_names, seeds, steps: int | None = None, method: str = "magnitude",
+          sparsity: float = SPARSITY) -> list[Config]:
+  """One pruned run per model and seed, by ``method`` (any of the runner's)."""
   configs = []
   for model in model_names:
     model_steps = EPOCHS[model] * _EPOCH if steps is None else steps
     for seed in seeds:
       configs.append(dataclasses.replace(
           deep_compression.base(model, model_steps),
-          name=f"{model}-magnitude{SPARSITY:g}-seed{seed}", method="magnitude",
-          sparsity=SPARSITY, allocation="global", seed=seed))
+          name=f"{model}-{method}{sparsity:g}-seed{seed}", method=method,
+          sparsity=sparsity, allocation="global", seed=seed))
   return configs
 
 
@@ -169,7 +172,8 @@ def run_record(config: Config, root: pathlib.Path, train, test,
     rows.append(row)
   dense_bytes = 4 * sum(int(np.asarray(p).size) for p in jax.tree.leaves(params))
   return {
-      "model": config.model, "seed": config.seed, "kernel_density": kept / total,
+      "model": config.model, "seed": config.seed, "method": config.method,
+      "kernel_density": kept / total,
       "steps": config.steps, "qat_steps": qat_steps, "dense_float32_bytes": dense_bytes,
       "pruned_error": 100.0 * (1 - summary["final_test_accuracy"]),
       "pruned_bytes": kernel_bytes(params, masks, 32), "rows": rows,
@@ -182,7 +186,8 @@ def table(records: list[dict]) -> str:
            "| --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
   for r in records:
     dense = r["dense_float32_bytes"]
-    first = [{"variant": "float32", "training": f"pruned ({r['steps']} steps)",
+    first = [{"variant": "float32",
+              "training": f"pruned by {r.get('method', 'magnitude')} ({r['steps']} steps)",
               "error": r["pruned_error"], "bytes": r["pruned_bytes"],
               "pruned_zero": True}]
     for row in first + r["rows"]:
@@ -226,6 +231,9 @@ def main(argv=None) -> int:
                       help="training steps per cell (default: 20 epochs of "
                       "LeNet-300-100, 10 of LeNet-5)")
   parser.add_argument("--qat-steps", type=int, default=_EPOCH)
+  parser.add_argument("--method", default="magnitude",
+                      help="the pruning method, any of experiments.run's")
+  parser.add_argument("--sparsity", type=float, default=SPARSITY)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   try:
@@ -233,7 +241,7 @@ def main(argv=None) -> int:
   except ValueError as error_:
     parser.error(str(error_))
   configs = [config_lib.apply_overrides(c, args.set) for c in cells(
-      args.models.split(","), seeds, args.steps)]
+      args.models.split(","), seeds, args.steps, args.method, args.sparsity)]
   root = pathlib.Path(args.root)
   if not args.only_collect:
     sweep.run_cells(configs, root, args.jobs)

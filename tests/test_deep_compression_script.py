@@ -36,3 +36,13 @@ def test_smoke_run_writes_every_stage(data_dirs, tmp_path):
   table = (out / "table.md").read_text()
   assert "+ Huffman coded" in table and "| lenet300100 | Han et al. |" in table
   assert (out / "error_vs_bytes.png").exists()
+
+
+def test_any_method_and_sparsity_prune_the_pruned_cell():
+  dense, pruned = compression.cells(["lenet300100"], [1], method="snip", sparsity=0.9)
+  assert (dense.method, dense.sparsity, dense.name) == (
+      "dense", 0.0, "lenet300100-dense-seed1")
+  assert (pruned.method, pruned.sparsity, pruned.name) == (
+      "snip", 0.9, "lenet300100-snip0.9-seed1")
+  # The published setting keeps its run names.
+  assert compression.cells(["lenet5"], [0])[1].name == "lenet5-magnitude-seed0"
