@@ -43,7 +43,7 @@ References:
   with Pruning, Trained Quantization and Huffman Coding", ICLR 2016,
   https://arxiv.org/abs/1510.00149
 
-  Marino, Petrini, Malchiodi and Frasca, "Compression strategies and
+  Marinò, Ghidoli, Frasca and Malchiodi, "Compression strategies and
   space-conscious representations for deep neural networks", ICPR 2020,
   https://arxiv.org/abs/2007.07967
 """
