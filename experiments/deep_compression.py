@@ -44,7 +44,6 @@ import numpy as np
 import optax
 
 from experiments import checkpoints
-from experiments import config as config_lib
 from experiments import data
 from experiments import files
 from experiments import loops
@@ -193,27 +192,27 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def add_pruning_arguments(parser, steps_help: str, sparsity: float) -> None:
+  """The arguments of the compression scripts' pruned cells: ``--models``,
+  ``--steps``, ``--method`` and ``--sparsity``."""
+  parser.add_argument("--models", default="lenet300100,lenet5")
+  parser.add_argument("--steps", type=int, default=None, help=steps_help)
+  parser.add_argument("--method", default="magnitude",
+                      help="the pruning method, any of experiments.run's "
+                      "(default: gradual magnitude)")
+  parser.add_argument("--sparsity", type=float, default=sparsity)
+
+
 def main(argv=None) -> int:
   parser = sweep.script_parser("deep_compression", jobs=2, seeds="0")
-  parser.add_argument("--models", default="lenet300100,lenet5")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="training steps per cell (default: 20 epochs)")
+  add_pruning_arguments(parser, "training steps per cell (default: 20 epochs)",
+                        SPARSITY)
   parser.add_argument("--fine-tune-steps", type=int, default=_EPOCH)
-  parser.add_argument("--method", default="magnitude",
-                      help="the pruning method of the pruned cell, any of "
-                      "experiments.run's (default: gradual magnitude)")
-  parser.add_argument("--sparsity", type=float, default=SPARSITY)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
-  try:
-    sweep.cell_overrides(args.set)
-  except ValueError as error_:
-    parser.error(str(error_))
-  configs = [config_lib.apply_overrides(c, args.set) for c in cells(
-      args.models.split(","), seeds, args.steps, args.method, args.sparsity)]
+  configs = sweep.run_script_cells(parser, args, cells(
+      args.models.split(","), seeds, args.steps, args.method, args.sparsity))
   root = pathlib.Path(args.root)
-  if not args.only_collect:
-    sweep.run_cells(configs, root, args.jobs)
   records, splits = [], {}
   for dense, pruned in zip(configs[::2], configs[1::2]):
     if not all((root / c.name / "summary.json").exists() for c in (dense, pruned)):

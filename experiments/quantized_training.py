@@ -52,7 +52,6 @@ import optax
 
 import jaxprune
 from experiments import checkpoints
-from experiments import config as config_lib
 from experiments import data
 from experiments import deep_compression
 from experiments import files
@@ -226,25 +225,15 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 
 def main(argv=None) -> int:
   parser = sweep.script_parser("quantized_training", jobs=2, seeds="0")
-  parser.add_argument("--models", default="lenet300100,lenet5")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="training steps per cell (default: 20 epochs of "
-                      "LeNet-300-100, 10 of LeNet-5)")
+  deep_compression.add_pruning_arguments(
+      parser, "training steps per cell (default: 20 epochs of LeNet-300-100, "
+      "10 of LeNet-5)", SPARSITY)
   parser.add_argument("--qat-steps", type=int, default=_EPOCH)
-  parser.add_argument("--method", default="magnitude",
-                      help="the pruning method, any of experiments.run's")
-  parser.add_argument("--sparsity", type=float, default=SPARSITY)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   seeds = [int(s) for s in args.seeds.split(",")]
-  try:
-    sweep.cell_overrides(args.set)
-  except ValueError as error_:
-    parser.error(str(error_))
-  configs = [config_lib.apply_overrides(c, args.set) for c in cells(
-      args.models.split(","), seeds, args.steps, args.method, args.sparsity)]
+  configs = sweep.run_script_cells(parser, args, cells(
+      args.models.split(","), seeds, args.steps, args.method, args.sparsity))
   root = pathlib.Path(args.root)
-  if not args.only_collect:
-    sweep.run_cells(configs, root, args.jobs)
   done = [c for c in configs if (root / c.name / "summary.json").exists()]
   if not done:
     raise SystemExit("no finished runs to collect for 'quantized_training': "

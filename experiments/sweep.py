@@ -414,6 +414,20 @@ def script_parser(name: str, jobs: int, seeds: str) -> argparse.ArgumentParser:
   return parser
 
 
+def run_script_cells(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                     configs: Sequence[Config]) -> list[Config]:
+  """A script's ``configs`` with its ``--set`` overrides, run (the finished
+  ones skipped) unless ``--only-collect``; a bad override is a usage error."""
+  try:
+    cell_overrides(args.set)
+  except ValueError as error:
+    parser.error(str(error))
+  configs = [config_lib.apply_overrides(c, args.set) for c in configs]
+  if not args.only_collect:
+    run_cells(configs, pathlib.Path(args.root), args.jobs)
+  return configs
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m experiments.sweep")
   parser.add_argument("sweep", choices=sorted(SWEEPS))
