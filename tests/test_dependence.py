@@ -1,6 +1,7 @@
 """Linear-dependence unit removal: exact folds, least-squares coefficients,
 the tolerance, Linen, NNX and conv layers, annealing, bad input."""
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -9,22 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import small_models
 from flax import nnx
 
 import jaxprune
 
-
-class _MLP(nn.Module):
-  widths: Sequence[int] = (5, 4)
-
-  @nn.compact
-  def __call__(self, x):
-    for w in self.widths:
-      x = nn.relu(nn.Dense(w)(x))
-    return nn.Dense(3)(x)
-
-
-_LAYERS = ["Dense_0", "Dense_1", "Dense_2"]
+_MLP = functools.partial(small_models.MLP, widths=(5, 4))
+_LAYERS = small_models.MLP_LAYERS
 
 
 def _dependent_mlp(seed=0):

@@ -1,6 +1,7 @@
 """Hardware-aware filter pruning: the latency table, information gain against
 numpy, Opti-Cut's stopping and order, shrinking, Linen and NNX, bad input."""
 
+import functools
 import itertools
 import json
 
@@ -9,22 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models
 from flax import nnx
 
 import jaxprune
 
-
-class _MLP(nn.Module):
-  widths: tuple = (6, 5)
-
-  @nn.compact
-  def __call__(self, x):
-    for w in self.widths:
-      x = nn.relu(nn.Dense(w)(x))
-    return nn.Dense(3)(x)
-
-
-_LAYERS = ["Dense_0", "Dense_1", "Dense_2"]
+_MLP = functools.partial(small_models.MLP, widths=(6, 5))
+_LAYERS = small_models.MLP_LAYERS
 
 
 class _ConvNet(nn.Module):
@@ -349,7 +341,7 @@ def test_shrunk_network_computes_the_masked_one_linen_and_nnx():
   widths = (small.widths["Dense_0"], small.widths["Dense_1"])
   assert sum(widths) < 11
   np.testing.assert_allclose(
-      np.asarray(_MLP(widths).apply({"params": small.params}, x)),
+      np.asarray(_MLP(widths=widths).apply({"params": small.params}, x)),
       np.asarray(model.apply({"params": cut.params}, x)), rtol=1e-5, atol=1e-5)
 
   nnx_model = _NnxMLP(nnx.Rngs(0))

@@ -2,6 +2,7 @@
 counts and ties, the schedule, training with removals (Linen and NNX, dense
 and conv), bad input."""
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import small_models
 from flax import nnx
 
 import jaxprune
@@ -108,17 +110,8 @@ def test_the_schedule_reaches_its_target_cubically():
                                 power=1).targets == (0.125, 0.25, 0.375, 0.5)
 
 
-class _MLP(nn.Module):
-  widths: Sequence[int] = (12, 8)
-
-  @nn.compact
-  def __call__(self, x):
-    for w in self.widths:
-      x = nn.relu(nn.Dense(w)(x))
-    return nn.Dense(3)(x)
-
-
-_LAYERS = ["Dense_0", "Dense_1", "Dense_2"]
+_MLP = functools.partial(small_models.MLP, widths=(12, 8))
+_LAYERS = small_models.MLP_LAYERS
 
 
 def _data(n=64, shape=(6,), seed=0):
