@@ -37,7 +37,8 @@ batch of ``--latency-batch`` test images, calling them in turn
 ``table.md``, ``results.json`` and ``params_vs_accuracy.png`` into
 ``experiments/results/dependence/``; the training runs live in
 ``runs/dependence/CELL`` and finished cells are not run again (the removals
-and timings are recomputed at every collection: a minute for Conv-6).
+and timings are recomputed at every collection: 20 minutes for Conv-6's
+eight tolerances on the 2-core machine shared with other work).
 """
 
 from __future__ import annotations
