@@ -2,8 +2,8 @@
 
     python -m experiments.hfp [--seeds 0] [--fractions 0.7,0.5,0.3] \\
         [--batch 128] [--tables 3] [--repeats 5] [--grid 5] \\
-        [--calibration 32] [--per-round 128] [--recover-steps 50] \\
-        [--finetune-steps 200] [--timing-batches 30] [--l1 layerwise]
+        [--calibration 16] [--per-round 256] [--recover-steps 30] \\
+        [--finetune-steps 100] [--timing-batches 30] [--l1 layerwise]
 
 Trains Conv-6 dense on Fashion-MNIST (Adam 1e-3, batch 128, 2 epochs, as
 ``experiments.structured``), then:
@@ -505,11 +505,11 @@ def main(argv=None) -> int:
   parser.add_argument("--grid", type=int, default=5, help="widths per layer")
   parser.add_argument("--remeasure", action="store_true",
                       help="measure the latency table again")
-  parser.add_argument("--calibration", type=int, default=32,
+  parser.add_argument("--calibration", type=int, default=16,
                       help="training images for information gain")
-  parser.add_argument("--per-round", type=int, default=128)
-  parser.add_argument("--recover-steps", type=int, default=50)
-  parser.add_argument("--finetune-steps", type=int, default=200)
+  parser.add_argument("--per-round", type=int, default=256)
+  parser.add_argument("--recover-steps", type=int, default=30)
+  parser.add_argument("--finetune-steps", type=int, default=100)
   parser.add_argument("--timing-batches", type=int, default=30)
   parser.add_argument("--test-images", type=int, default=0,
                       help="evaluate on the first N test images (0: all)")
@@ -532,8 +532,8 @@ def main(argv=None) -> int:
   state = checkpoints.load_checkpoint(config, root / config.name)
   out = pathlib.Path(args.out)
   found = experiment(config, state, args, out)
-  command = "python -m experiments.hfp " + " ".join(
-      sys.argv[1:] if argv is None else argv)
+  command = ("python -m experiments.hfp " + " ".join(
+      sys.argv[1:] if argv is None else argv)).rstrip()
   print(write_results(found, out, command, args))
   return 0
 
