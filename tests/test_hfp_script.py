@@ -9,7 +9,7 @@ import pytest
 from experiments import hfp
 
 
-@pytest.mark.long_running(60)
+@pytest.mark.long_running(130)
 def test_a_short_run_writes_its_table(data_dirs, tmp_path):
   source, tfds = data_dirs
   out = tmp_path / "out"
