@@ -34,7 +34,8 @@ new widths), against the dense network's, and for Conv-6 the median time
 of the jitted forward pass of every shrunk network and the dense one on a
 batch of ``--latency-batch`` test images, calling them in turn
 ``--latency-rounds`` times after a warm-up call (0 times nothing).  Writes
-``table.md``, ``results.json`` and ``params_vs_accuracy.png`` into
+``table.md``, ``results.json``, ``params_vs_accuracy.png`` and (with timed
+networks) ``latency_vs_accuracy.png`` into
 ``experiments/results/dependence/``; the training runs live in
 ``runs/dependence/CELL`` and finished cells are not run again (the removals
 and timings are recomputed at every collection: 20 minutes for Conv-6's
@@ -236,25 +237,32 @@ def header(records: list[dict]) -> str:
   return "\n\n".join(lines) + "\n\n"
 
 
-def plot(records: list[dict], path: pathlib.Path) -> None:
+def plot(records: list[dict], path: pathlib.Path, against: str = "params") -> None:
+  """Shrunk accuracy against the parameters removed, or (``against=
+  "latency"``, the timed records) against the measured latency ratio."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  if against == "latency":
+    records = [r for r in records if "latency_ratio" in r]
+    x_of, xlabel = (lambda r: r["latency_ratio"],
+                    "measured latency, shrunk / dense (lower is faster)")
+  else:
+    x_of, xlabel = lambda r: 100 * r["params_removed"], "parameters removed %"
   fig, ax = plt.subplots(figsize=(6.5, 4.8))
   keys = sorted({(r["model"], r["dataset"], r["seed"]) for r in records},
                 reverse=True)
   for key in keys:
     sub = sorted((r for r in records if (r["model"], r["dataset"], r["seed"]) == key),
                  key=lambda r: r["tolerance"])
-    ax.plot([100 * r["params_removed"] for r in sub],
-            [100 * r["shrunk_accuracy"] for r in sub], "o-",
+    ax.plot([x_of(r) for r in sub], [100 * r["shrunk_accuracy"] for r in sub], "o-",
             label=f"{key[0]} {key[1]} seed {key[2]}")
     for r in sub:
-      ax.annotate(f"{r['tolerance']:g}", (100 * r["params_removed"],
-                                          100 * r["shrunk_accuracy"]), fontsize=7)
-  ax.set_xlabel("parameters removed %")
+      ax.annotate(f"{r['tolerance']:g}", (x_of(r), 100 * r["shrunk_accuracy"]),
+                  fontsize=7)
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("test accuracy of the shrunk network %")
   ax.set_title("Linear-dependence removal (labels: tolerance)")
   ax.legend()
@@ -277,6 +285,8 @@ def write_results(records: list[dict], out: pathlib.Path, command: str) -> str:
       f"{sweep.produced_by(command)} on {jax.devices()[0].platform}.\n\n"
       + header(records) + text)
   plot(records, out / "params_vs_accuracy.png")
+  if any("latency_ratio" in r for r in records):
+    plot(records, out / "latency_vs_accuracy.png", against="latency")
   return text
 
 

@@ -30,6 +30,7 @@ def test_a_short_run_writes_its_table(data_dirs, tmp_path):
   assert runs[0]["params_after"] >= loose["params_after"]
   assert "| mnist | 0 | 0.5 |" in (out / "table.md").read_text()
   assert (out / "params_vs_accuracy.png").stat().st_size > 0
+  assert not (out / "latency_vs_accuracy.png").exists()  # LeNet is not timed
   # Collecting again reads the finished run without training it again.
   assert dependence.main(args + ["--only-collect"]) == 0
 
@@ -81,3 +82,4 @@ def test_conv6_removals_fold_through_pooling_and_time_the_shrunk_nets(tmp_path):
   assert "| conv6 | fashion_mnist | 0 | 0.5 |" in text
   assert "Conv_0 100" in (out / "table.md").read_text()
   assert (out / "params_vs_accuracy.png").stat().st_size > 0
+  assert (out / "latency_vs_accuracy.png").stat().st_size > 0
