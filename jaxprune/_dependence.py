@@ -185,27 +185,6 @@ def _checked_activations(params, activations, hidden) -> dict[str, np.ndarray]:
   return checked
 
 
-def _checked_node_masks(params, node_masks, hidden) -> dict[str, np.ndarray]:
-  node_masks = dict(node_masks or {})
-  unknown = sorted(set(node_masks) - set(hidden))
-  if unknown:
-    raise ValueError(
-        f"{_CALLER}: node_masks name {unknown}, which are not hidden layers "
-        f"of {list(hidden)}")
-  checked = {}
-  for name in hidden:
-    units = np.shape(params[name]["kernel"])[-1]
-    keep = np.asarray(node_masks.get(name, np.ones(units, bool)))
-    if keep.shape != (units,) or keep.dtype != np.bool_:
-      raise ValueError(
-          f"{_CALLER}: the node mask of {name!r} must be bool[{units}], got "
-          f"{keep.dtype}{list(keep.shape)}")
-    if not keep.any():
-      raise ValueError(f"{_CALLER}: the node mask of {name!r} keeps no unit")
-    checked[name] = keep.copy()
-  return checked
-
-
 def _next_rows(next_kernel: Any, units: int, layer: str, following: str) -> np.ndarray:
   """The next layer's kernel as float64 ``[taps, units, outputs]``: its
   ``taps`` rows that read each unit (conv taps or flattened positions)."""
@@ -359,7 +338,7 @@ def linear_dependence(
     raise ValueError(f"{_CALLER}: max_removed must be None or an integer >= 0, "
                      f"got {max_removed!r}")
   acts = _checked_activations(plain, activations, hidden)
-  keep = _checked_node_masks(plain, node_masks, hidden)
+  keep = _structured.checked_node_masks(plain, node_masks, hidden, _CALLER)
   params = jax.tree.map(lambda x: x, plain)  # a copy of the containers
   report = {}
   for position, name in enumerate(hidden):

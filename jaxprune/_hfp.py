@@ -96,28 +96,6 @@ def _ablated_kl(params, batch_stats, inputs, log_p, keeps, *, model, name,
   return jax.vmap(one)(keeps)
 
 
-def _checked_node_masks(params, node_masks, hidden, caller) -> dict[str, np.ndarray]:
-  if node_masks is not None and not isinstance(node_masks, Mapping):
-    raise TypeError(f"{caller}: node_masks must be a dict {{layer: bool[units]}}, "
-                    f"got {type(node_masks).__name__}")
-  node_masks = dict(node_masks or {})
-  unknown = sorted(set(node_masks) - set(hidden))
-  if unknown:
-    raise ValueError(f"{caller}: node_masks name {unknown}, which are not hidden "
-                     f"layers of {list(hidden)}")
-  checked = {}
-  for name in hidden:
-    units = np.shape(params[name]["kernel"])[-1]
-    keep = np.asarray(node_masks.get(name, np.ones(units, bool)))
-    if keep.shape != (units,) or keep.dtype != np.bool_:
-      raise ValueError(f"{caller}: the node mask of {name!r} must be bool[{units}] "
-                       f"(True = kept), got {keep.dtype}{list(keep.shape)}")
-    if not keep.any():
-      raise ValueError(f"{caller}: the node mask of {name!r} keeps no unit")
-    checked[name] = keep.copy()
-  return checked
-
-
 def information_gain(
     model: Any,
     inputs: Any,
@@ -191,7 +169,7 @@ def information_gain(
   if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
     raise ValueError(f"{caller}: chunk must be an int >= 1, got {chunk!r}")
   hidden = list(layers[:-1])
-  keep = _checked_node_masks(params, node_masks, hidden, caller)
+  keep = _structured.checked_node_masks(params, node_masks, hidden, caller)
   masks = {name: jnp.asarray(k) for name, k in keep.items()}
   params = _structured.mask_nodes(params, masks, layers=layers, norms=norms)
   logits = jnp.asarray(apply(params, batch_stats, inputs), jnp.float32)
@@ -412,7 +390,7 @@ def opti_cut(
   if isinstance(per_round, bool) or not isinstance(per_round, numbers.Integral) or per_round < 1:
     raise ValueError(f"{caller}: per_round must be an int >= 1, got {per_round!r}")
   hidden = list(layers[:-1])
-  keep = _checked_node_masks(params, node_masks, hidden, caller)
+  keep = _structured.checked_node_masks(params, node_masks, hidden, caller)
   smallest = table.predict(dict.fromkeys(hidden, 1))
   if smallest > seconds:
     raise ValueError(

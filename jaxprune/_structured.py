@@ -208,6 +208,32 @@ def mask_nodes(
   return params
 
 
+def checked_node_masks(params, node_masks, hidden, caller) -> dict[str, np.ndarray]:
+  """``node_masks`` (``None`` or ``{hidden layer: bool[units]}``, absent
+  layers all kept) as a numpy copy per hidden layer; raises naming
+  ``caller`` and the layer for an unknown layer, a wrong shape or dtype, or
+  a layer with no unit kept."""
+  if node_masks is not None and not isinstance(node_masks, Mapping):
+    raise TypeError(f"{caller}: node_masks must be a dict {{layer: bool[units]}}, "
+                    f"got {type(node_masks).__name__}")
+  node_masks = dict(node_masks or {})
+  unknown = sorted(set(node_masks) - set(hidden))
+  if unknown:
+    raise ValueError(f"{caller}: node_masks name {unknown}, which are not hidden "
+                     f"layers of {list(hidden)}")
+  checked = {}
+  for name in hidden:
+    units = np.shape(params[name]["kernel"])[-1]
+    keep = np.asarray(node_masks.get(name, np.ones(units, bool)))
+    if keep.shape != (units,) or keep.dtype != np.bool_:
+      raise ValueError(f"{caller}: the node mask of {name!r} must be bool[{units}] "
+                       f"(True = kept), got {keep.dtype}{list(keep.shape)}")
+    if not keep.any():
+      raise ValueError(f"{caller}: the node mask of {name!r} keeps no unit")
+    checked[name] = keep.copy()
+  return checked
+
+
 def _check_node_masks(params, node_masks, layers, caller) -> None:
   hidden = _hidden(layers)
   if set(node_masks) != set(hidden):
