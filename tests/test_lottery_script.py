@@ -10,6 +10,7 @@ from experiments import lottery
 
 
 @pytest.mark.long_running(40)
+@pytest.mark.usefixtures("splits_read_once")
 def test_imp_control_and_aimp_runs_write_their_rounds_and_table(data_dirs, tmp_path):
   source, tfds = data_dirs
   common = ["--seed", "0", "--rounds", "2", "--steps", "20", "--eval-every", "10",
