@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
+import numpy as np
 import optax
 
 import jaxprune
@@ -116,6 +118,38 @@ def _l0_dual_ascent(steps: int) -> Pruned:
   )
 
 
+def _held_masks(steps: int) -> Pruned:
+  """Fixed random 90% masks of every kernel (seed 0) and no schedule: the
+  masked step without the refresh gate, to tell the gate's cost from the
+  masking's. The masks need the params' shapes, so ``prune`` is built at
+  ``init``, which runs before any update."""
+  del steps
+  built = {}
+
+  def init_fn(params):
+    rng = np.random.default_rng(0)
+    masks = jax.tree.map(
+        lambda p: rng.random(p.shape) >= 0.9 if p.ndim > 1 else None, params)
+    built["tx"] = jaxprune.prune(plain_adam(), masks=masks)
+    return built["tx"].init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    return built["tx"].update(updates, state, params, **extra_args)
+
+  return Pruned(
+      optax.GradientTransformationExtraArgs(init_fn, update_fn), frozenset(),
+      "prune(adam, masks=) holding fixed random 90% masks (no schedule)")
+
+
+def _l0_gates_only(steps: int) -> Pruned:
+  """The gated forward pass of ``"l0"`` under plain adam (no constraint):
+  the gates' share of L0's cost."""
+  del steps
+  return Pruned(plain_adam(), frozenset(),
+                "L0 unit gates under plain adam (no dual ascent, no clip)",
+                gated=True)
+
+
 def _projection(name: str, radius: float) -> Callable[[int], Pruned]:
   def make_projection(steps: int) -> Pruned:
     del steps  # Projects at every step.
@@ -135,6 +169,8 @@ METHODS: dict[str, Callable[[int], Pruned]] = {
     "flipout": _flipout(noise=1.0),
     "flipout_noise0": _flipout(noise=0.0),
     "l0": _l0_dual_ascent,
+    "l0_gates_only": _l0_gates_only,
+    "held_masks": _held_masks,
     "project_l1": _projection("project_l1", 100.0),
     "project_l21": _projection("project_l21", 20.0),
 }

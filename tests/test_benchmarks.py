@@ -11,12 +11,16 @@ import json
 import math
 
 import jax
+import numpy as np
 import pytest
 
+import jaxprune
 from benchmarks import measure
+from benchmarks import methods
 from benchmarks import page_faults
 from benchmarks import report
 from benchmarks import throughput
+from benchmarks import timing
 
 COMMON_FIELDS = ("kind", "model", "method", "description", "ratio",
                  "plain_median_s", "pruned_median_s", "target", "passed")
@@ -134,3 +138,23 @@ def test_page_faults_race_reports_every_step_kind():
   plain, scheduled, fixed = (r["temp_bytes"] for r in records)
   # The mask refresh's scratch arrays are what enlarge the arena.
   assert scheduled > 2 * plain and fixed < scheduled
+
+
+def test_held_masks_keep_their_random_masks_and_zeros_through_steps():
+  bench = measure.prepare("lenet300100", batch_size=8)
+  pruned = methods.make("held_masks", steps=3)
+  assert not pruned.update_steps and not pruned.gated
+  carry = measure.initial_carry(bench, pruned.tx)
+  start = jax.tree.map(np.asarray, jaxprune.masks_of(carry.opt_state))  # donated
+  kernel = start["Dense_0"]["kernel"]
+  assert 0.89 < 1 - kernel.mean() < 0.91 and start["Dense_0"]["bias"] is None
+  step = timing.jit_step(timing.make_train_step(bench.model.module, pruned.tx))
+  for _ in range(3):
+    carry, _ = step(carry, bench.x, bench.y)
+  end = jaxprune.masks_of(carry.opt_state)
+  for before, after in zip(jax.tree.leaves(start), jax.tree.leaves(end)):
+    np.testing.assert_array_equal(before, after)
+  kernel_after = np.asarray(carry.params["Dense_0"]["kernel"])
+  assert np.all(kernel_after[~kernel] == 0) and np.all(kernel_after[kernel] != 0)
+  assert measure.achieved_sparsity(pruned, carry) == pytest.approx(
+      jaxprune.sparsity(start).global_sparsity)
