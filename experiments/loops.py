@@ -36,9 +36,10 @@ def error_percent(apply: Apply, params: Any, split: data.Split,
                batch: int = 1000) -> float:
   """The error of ``apply``'s argmax on ``split``, in percent."""
   predict = jax.jit(lambda p, x: jnp.argmax(apply(p, x), -1))
-  images = data.normalise(np.asarray(split.images), split.name)
-  correct = sum(int(jnp.sum(predict(params, images[i:i + batch])
-                            == jnp.asarray(split.labels[i:i + batch])))
+  images = np.asarray(split.images)  # normalised a batch at a time
+  correct = sum(int(jnp.sum(
+      predict(params, data.normalise(images[i:i + batch], split.name))
+      == jnp.asarray(split.labels[i:i + batch])))
                 for i in range(0, len(images), batch))
   return 100.0 * (1 - correct / len(images))
 
@@ -58,12 +59,14 @@ def train_steps(apply: Apply, tx: optax.GradientTransformation, params: Any,
     updates, state = tx.update(jax.grad(loss)(params), state, params)
     return optax.apply_updates(params, updates), state
 
-  images = data.normalise(np.asarray(split.images), split.name)
-  labels = np.asarray(split.labels)
+  # Normalised a batch at a time: the same values, without a float copy of
+  # the whole split at every call.
+  images, labels = np.asarray(split.images), np.asarray(split.labels)
   order = np.random.default_rng(seed).permutation(len(images))
   for i in range(steps):
     start = (i * batch) % (len(images) - batch + 1)
     rows = order[start:start + batch]
-    params, state = step(params, state, jnp.asarray(images[rows]),
+    params, state = step(params, state,
+                         jnp.asarray(data.normalise(images[rows], split.name)),
                          jnp.asarray(labels[rows]))
   return params, state

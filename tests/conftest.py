@@ -11,6 +11,8 @@ tests), which inherit it through the environment.  Without it every
 process compiles the same programs again: the runner, checkpoint and fault
 tests took 310 s with 2 workers on this project's 2-core CPU, 158 s with
 it.  A ``JAX_COMPILATION_CACHE_DIR`` set by the caller is used as it is.
+The data sets the tests read (``data_dirs``) are prepared in one tfds
+directory for the whole run in the same way.
 """
 
 import os
@@ -25,6 +27,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 _CACHE_DIR = "JAX_COMPILATION_CACHE_DIR"
 _CACHE_OWNER = "JAXPRUNE_TESTS_OWN_XLA_CACHE"
+_TFDS_DIR = "JAXPRUNE_TESTS_TFDS_DIR"
+_TFDS_OWNER = "JAXPRUNE_TESTS_OWN_TFDS_DIR"
 
 
 def pytest_configure(config):
@@ -32,6 +36,11 @@ def pytest_configure(config):
   if not os.environ.get(_CACHE_DIR):  # the first process: xdist's controller
     os.environ[_CACHE_DIR] = tempfile.mkdtemp(prefix="jaxprune-tests-xla-")
     os.environ[_CACHE_OWNER] = str(os.getpid())
+  if not os.environ.get(_TFDS_DIR):
+    # One prepared copy of each data set for every worker and subprocess
+    # (experiments.data.load is safe for processes preparing it at once).
+    os.environ[_TFDS_DIR] = tempfile.mkdtemp(prefix="jaxprune-tests-tfds-")
+    os.environ[_TFDS_OWNER] = str(os.getpid())
   # Every program, however quick to compile or small.
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -46,6 +55,8 @@ def pytest_unconfigure(config):
   del config
   if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
     shutil.rmtree(os.environ[_CACHE_DIR], ignore_errors=True)
+  if os.environ.get(_TFDS_OWNER) == str(os.getpid()):
+    shutil.rmtree(os.environ[_TFDS_DIR], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -74,14 +85,15 @@ def strict_dtypes():
 
 
 @pytest.fixture(scope="session")
-def data_dirs(tmp_path_factory):
-  """The shared IDX files and a writable TFDS directory, prepared once."""
+def data_dirs():
+  """The shared IDX files and a writable TFDS directory, one for the whole
+  run: each data set is prepared and decoded once, not once per worker."""
   import pathlib
 
   source = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
   if not (source / "mnist").is_dir():
     pytest.skip(f"the shared data sets are not at {source}")
-  return str(source), str(tmp_path_factory.mktemp("tfds"))
+  return str(source), os.environ[_TFDS_DIR]
 
 
 _SPLITS = {}
