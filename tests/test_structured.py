@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models
 
 import jaxprune
 
@@ -120,23 +121,15 @@ def test_shrunk_network_computes_the_masked_one(batch_norm):
 
 
 def test_shrunk_mlp_equals_the_masked_mlp():
-  class MLP(nn.Module):
-    widths: Sequence[int] = (10, 7)
-
-    @nn.compact
-    def __call__(self, x):
-      for w in self.widths:
-        x = nn.relu(nn.Dense(w)(x))
-      return nn.Dense(4)(x)
-
-  model = MLP()
+  model = small_models.MLP(widths=(10, 7), outputs=4)
   params = model.init(jax.random.key(0), jnp.zeros((1, 5)))["params"]
-  layers = ["Dense_0", "Dense_1", "Dense_2"]
+  layers = small_models.MLP_LAYERS
   nodes = {"Dense_0": np.arange(10) % 3 == 0, "Dense_1": np.arange(7) < 2}
   small = jaxprune.shrink(params, nodes, layers=layers)
   x = jax.random.normal(jax.random.key(1), (6, 5))
   want = model.apply({"params": jaxprune.mask_nodes(params, nodes, layers=layers)}, x)
-  got = MLP(widths=(4, 2)).apply({"params": small.params}, x)
+  got = small_models.MLP(widths=(4, 2), outputs=4).apply(
+      {"params": small.params}, x)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
   assert small.params["Dense_1"]["kernel"].shape == (4, 2)
 
