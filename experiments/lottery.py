@@ -72,7 +72,7 @@ class Trainer:
     self.per_epoch = len(self.x) // _BATCH
     self._orders = {}
     self._tx = None  # prune(adam) holding masks, made from the first params
-    self._compiled = self._compiled_for = None
+    self._run = jax.jit(self._steps)
 
   def init(self, seed: int):
     return self.model.init(jax.random.key(seed), self.x[:1])["params"]
@@ -97,25 +97,19 @@ class Trainer:
           len(self.x))}
     return self._orders[epoch]
 
-  def _chunk(self, tx):
-    """``tx``'s steps over the rows ``indices`` of the training data, jitted
-    once per ``tx``. The data are arguments: closed over, they would be
-    constants of the compiled program (172 MB of images in every compile
-    and cache entry)."""
-    if self._compiled_for is not tx:
+  def _steps(self, params, opt_state, indices, x, y):
+    """``self._tx``'s steps over the rows ``indices`` of ``x`` and ``y``,
+    jitted once (``self._run``). The data are arguments: closed over, they
+    would be constants of the compiled program (172 MB of images in every
+    compile and cache entry)."""
 
-      def run(params, opt_state, indices, x, y):
-        def body(carry, idx):
-          params, opt_state = carry
-          grads = jax.grad(lambda p: self._loss(p, x[idx], y[idx])[0])(params)
-          updates, opt_state = tx.update(grads, opt_state, params)
-          return (optax.apply_updates(params, updates), opt_state), None
+    def body(carry, idx):
+      params, opt_state = carry
+      grads = jax.grad(lambda p: self._loss(p, x[idx], y[idx])[0])(params)
+      updates, opt_state = self._tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
 
-        return jax.lax.scan(body, (params, opt_state), indices)[0]
-
-      self._compiled, self._compiled_for = jax.jit(run), tx
-    return lambda params, opt_state, indices: self._compiled(
-        params, opt_state, indices, self.x, self.y)
+    return jax.lax.scan(body, (params, opt_state), indices)[0]
 
   def evaluate(self, params) -> dict:
     validation_loss, validation_accuracy = self._loss(params, *self.validation)
@@ -128,7 +122,6 @@ class Trainer:
     if self._tx is None:  # masks enter at init only: one tx for every round
       self._tx = jaxprune.prune(optax.adam(_LEARNING_RATE), masks=round.masks)
     opt_state = jaxprune.replace_masks(self._tx.init(params), round.masks)
-    run = self._chunk(self._tx)
     step, stop = round.start_step, round.start_step + round.steps
     evaluations, saved = [], None
     while step < stop:
@@ -137,8 +130,9 @@ class Trainer:
       boundary = min(stop, (step // self.eval_every + 1) * self.eval_every)
       if round.save_step is not None and step < round.save_step < boundary:
         boundary = round.save_step
-      params, opt_state = run(params, opt_state,
-                              jnp.asarray(self._indices(step, boundary - step)))
+      params, opt_state = self._run(
+          params, opt_state, jnp.asarray(self._indices(step, boundary - step)),
+          self.x, self.y)
       step = boundary
       if step % self.eval_every == 0 or step == stop:
         evaluations.append({"step": step, **self.evaluate(params)})
