@@ -27,8 +27,13 @@ COMMON_FIELDS = ("kind", "model", "method", "description", "ratio",
 
 
 @pytest.fixture(scope="module")
-def step_records():
-  bench = measure.prepare("lenet300100", batch_size=8)
+def lenet_bench():
+  return measure.prepare("lenet300100", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def step_records(lenet_bench):
+  bench = lenet_bench
   records = []
   for method in ("magnitude", "l0"):
     records += measure.measure_step(bench, method, steps=6, block=3, warmup=1,
@@ -140,8 +145,8 @@ def test_page_faults_race_reports_every_step_kind():
   assert scheduled > 2 * plain and fixed < scheduled
 
 
-def test_held_masks_keep_their_random_masks_and_zeros_through_steps():
-  bench = measure.prepare("lenet300100", batch_size=8)
+def test_held_masks_keep_their_random_masks_and_zeros_through_steps(lenet_bench):
+  bench = lenet_bench
   pruned = methods.make("held_masks", steps=3)
   assert not pruned.update_steps and not pruned.gated
   carry = measure.initial_carry(bench, pruned.tx)
