@@ -162,8 +162,14 @@ def _chunk_size(arrays: Sequence[jax.Array]) -> int | None:
   """
   single_cpu = jax.device_count() == 1 and jax.default_backend() == "cpu"
   sharded = any(_sharding.explicit_axes(x) for x in arrays)
-  if single_cpu and not sharded and arrays[0].size > _CHUNK:
-    return _CHUNK
+  size = arrays[0].size
+  if single_cpu and not sharded and size > _CHUNK:
+    # Chunks of nearly equal length: the last one, cut to end at the
+    # array's end, then repeats few elements (chunks of _CHUNK would repeat
+    # up to a whole chunk in every pass).  A length of a multiple of 128:
+    # an odd one made each pass twice as slow at 1M weights.
+    chunks = -(-size // _CHUNK)
+    return min(_CHUNK, -(-size // (chunks * 128)) * 128)
   return None
 
 
@@ -172,11 +178,13 @@ class _Part(NamedTuple):
   they lie: the whole array (``start`` None, any shape, possibly sharded) or
   a flat chunk from ``start``, whose elements before ``new_from`` an earlier
   chunk has already counted (the last chunk of an array is cut to end at
-  the array's end, overlapping the one before it)."""
+  the array's end, overlapping the one before it); or a few elements at the
+  flat positions ``at`` (``start`` None)."""
 
   keys: jax.Array
   start: jax.Array | int | None
   new_from: jax.Array | int | None = None
+  at: jax.Array | None = None  # or scattered elements at these positions
 
   def uncounted(self, bins: jax.Array) -> jax.Array:
     """``bins`` with the bin ``_RADIX_BINS`` (not counted) for the elements
@@ -188,6 +196,8 @@ class _Part(NamedTuple):
 
   def index(self, offset: int = 0) -> jax.Array:
     """``offset`` plus each element's row-major position in its array."""
+    if self.at is not None:
+      return offset + self.at
     if self.start is None:
       return flat_index(self.keys, offset)
     return (offset + self.start
@@ -217,7 +227,7 @@ class _Source(NamedTuple):
   """
 
   keys: LazyKeys | _Concatenated
-  group: int
+  group: int | jax.Array  # or each element's group (see forced_corrections)
   offset: int  # the flat index, within the group, of the first element
   members: tuple[tuple[int, int, int], ...]  # (array, start in the run, size)
 
@@ -396,6 +406,13 @@ def _with_forced(keys: jax.Array, index: jax.Array,
   return jnp.where(index == forced, jnp.uint32(FORCED_KEY), keys)
 
 
+def _first_of(keys: jax.Array, value: jax.Array, index: jax.Array) -> jax.Array:
+  """The lowest ``index`` (int32, of ``keys``' shape) at which ``keys``
+  holds ``value``; the largest int32 if none does."""
+  never = jnp.int32(jnp.iinfo(jnp.int32).max)
+  return jnp.min(jnp.where(keys == value, index, never))
+
+
 def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
   """``offset`` plus each element's row-major position in ``x``, as int32
   of ``x``'s shape, computed in place (see :func:`_sharding.flat_index`)."""
@@ -410,6 +427,11 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
   forced = None  # int32 per array once the first pass has found them
 
   def keys_of(source: _Source, part: _Part) -> jax.Array:
+    """The part's keys with the forced elements' keys :data:`FORCED_KEY`.
+    The histogram passes do not call it: comparing every element's index
+    with the forced ones made each counting pass a third slower; they
+    count the keys as they are and correct the counts of the forced
+    elements alone (see ``forced_corrections``)."""
     if forced is None:
       return part.keys
     keys, index = part.keys, part.index()
@@ -430,20 +452,25 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
     def high_pass(acc, part, source=source):
       histogram, largest, first = acc
       chunk = part.keys  # unforced: the forced elements are known after it
+      # Where the first maximum lies, as the lowest index holding it (two
+      # plain reductions: XLA:CPU's argmax, a reduction of pairs, took a
+      # quarter of a 4M mask update).
       if len(source.members) == 1:  # possibly in chunks
         maxima = (jnp.max(chunk),)
+        lowest = lambda: _first_of(chunk, maxima[0], part.index())
         if part.start is None:  # whole, maybe sharded: no reshape (a gather)
-          never = jnp.int32(jnp.iinfo(jnp.int32).max)
-          firsts = (jnp.min(jnp.where(chunk == maxima[0], part.index(), never)),)
-        else:  # a flat chunk on one device
-          firsts = (part.start + jnp.argmax(chunk),)
+          firsts = (lowest(),)
+        else:  # a later chunk holds the first maximum only if it is larger
+          firsts = (lax.cond(maxima[0] > largest[0], lowest,
+                             lambda: first[0]),)
       else:  # read whole: each member's maximum from its slice
         slices = [chunk[start:start + size] for _, start, size in source.members]
         maxima = tuple(jnp.max(x, initial=0) for x in slices)
+        # (small arrays: argmax costs little here, and compiles smaller)
         firsts = tuple(jnp.argmax(x).astype(jnp.int32) if x.size else
                        jnp.int32(0) for x in slices)
       # A later part holds the first maximum only if its maximum is larger.
-      first = tuple(jnp.where(m > l, i.astype(jnp.int32), f)
+      first = tuple(jnp.where(m > l, i, f)
                     for m, l, i, f in zip(maxima, largest, firsts, first))
       return (_add_counts(histogram, part.uncounted(chunk >> _RADIX_BITS)),
               tuple(map(jnp.maximum, largest, maxima)), first)
@@ -476,10 +503,38 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
       high_histograms, jnp.zeros((num_groups,), jnp.int32), k)
   high = high.astype(jnp.uint32)
 
+  def forced_corrections(bins_of, counts: jax.Array) -> jax.Array:
+    """``counts`` (``[groups, bins]``) of the keys as they are, corrected to
+    the keys with every forced element at :data:`FORCED_KEY`: the forced
+    elements' bins under their own keys (the largest of their arrays) are
+    taken off and their bins under the forced key added, in one scatter for
+    all groups."""
+    if forced is None:
+      return counts
+    arrays, groups, positions = [], [], []
+    for source in sources:
+      for j, start, _ in source.members:
+        arrays.append(j)
+        groups.append(source.group)
+        positions.append(source.offset + start + forced[j])
+    own = jnp.stack([max_keys[j] for j in arrays])
+    keys = jnp.concatenate([own, jnp.full_like(own, FORCED_KEY)])
+    at = jnp.concatenate([jnp.stack(positions)] * 2)
+    group = jnp.asarray(groups * 2, jnp.int32)
+    real = jnp.concatenate([forced[jnp.asarray(arrays)] >= 0] * 2)
+    sign = jnp.repeat(jnp.asarray([-1, 1], jnp.int32), len(arrays))
+    # Per element, its group's threshold and digits (a gather by group).
+    bins = bins_of(_Source(None, group, 0, ()), _Part(keys, None, at=at))
+    flat_bins = jnp.where(bins < _RADIX_BINS, group * _RADIX_BINS + bins,
+                          num_groups * _RADIX_BINS)
+    return _sharding.bin_sums(
+        flat_bins, jnp.where(real, sign, 0), num_groups * _RADIX_BINS,
+        jnp.int32, initial=counts.reshape(-1)).reshape(counts.shape)
+
   def histograms(bins_of) -> jax.Array:
     """``[groups, bins]``: the counts of ``bins_of(source, part)`` over the
-    parts of every source of each group (bin ``_RADIX_BINS``: not
-    counted)."""
+    parts of every source of each group (bin ``_RADIX_BINS``: not counted),
+    the forced elements counted under :data:`FORCED_KEY`."""
     per_group = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
     for source in sources:
       g = source.group
@@ -488,7 +543,7 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
           lambda h, part, source=source: _add_counts(
               h, part.uncounted(bins_of(source, part))),
           per_group[g])
-    return jnp.stack(per_group)
+    return forced_corrections(bins_of, jnp.stack(per_group))
 
   # The rest of the search is one pass per trip of a loop, traced once: trip
   # 1 finds the threshold's low 16 bits among the keys in its high bin.  If
@@ -511,7 +566,7 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
 
   def bins(trip, search: Search, source: _Source, part: _Part) -> jax.Array:
     g = source.group
-    keys = keys_of(source, part)
+    keys = part.keys  # unforced: histograms() corrects the forced ones
     index = part.index(source.offset)
     in_high_bin = _low_bins(keys, search.threshold[g] >> _RADIX_BITS)
     tied = keys == search.threshold[g]

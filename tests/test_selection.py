@@ -256,6 +256,23 @@ def test_keep_best_forces_an_array_that_ranks_below_the_threshold():
                                           [False, True, False, False]]
 
 
+@pytest.mark.parametrize("chunk", [None, 5, 4096])
+def test_keep_best_forces_the_first_of_maxima_repeated_across_chunks(chunk):
+  # Each array's maximum recurs in later chunks, and in the second array it
+  # ties with the threshold: only the first occurrence may be forced, and the
+  # count stays exact with the forced weights counted once.
+  rng = np.random.default_rng(4)
+  scores = [np.round(rng.uniform(0, 1, size=(60, 70)), 1).astype(np.float32),
+            np.round(rng.uniform(0, 3, size=(9000,)), 1).astype(np.float32)]
+  scores[0][[7, 20, 45], [3, 60, 11]] = 2.0  # below the threshold
+  alive = [rng.random(s.shape) < 0.9 for s in scores]
+  alive[0][[7, 20, 45], [3, 60, 11]] = True
+  n_above = int(np.sum(scores[1][alive[1]] > 2.95))
+  for k in [1, 2, n_above + 3, 6000]:
+    _assert_matches_numpy(scores, alive, (13200,), k, force_best=True,
+                          chunk=chunk)
+
+
 def test_lazy_keys_match_computed_keys_and_need_one_shape():
   w = jnp.array([[0.5, -2.0, 1.0], [0.0, 3.0, -0.1]])
   alive = jnp.array([[True, True, False], [True, True, True]])
