@@ -156,9 +156,10 @@ def markdown(environment: dict, records: Sequence[dict]) -> str:
   lines = ["# jaxprune benchmarks", "", *_environment_lines(environment), ""]
   if timed:
     lines += [
-        "Times in ms: medians of the timed steps; for compile rows, one "
-        "trace + lower + compile each. ratio = pruned over plain adam, with "
-        "its quartiles over the alternating blocks.",
+        "Times in ms: medians of the timed steps; for compile rows, the "
+        "median of a few trace + lower + compile runs of each step, "
+        "alternated. ratio = pruned over plain adam, with its quartiles "
+        "over the alternating blocks.",
         "",
         *_table(("kind", "model", "method", "params", "batch", "steps",
                  "plain ms", "pruned ms", "ratio", "target", "met"),
