@@ -178,13 +178,11 @@ class _Part(NamedTuple):
   they lie: the whole array (``start`` None, any shape, possibly sharded) or
   a flat chunk from ``start``, whose elements before ``new_from`` an earlier
   chunk has already counted (the last chunk of an array is cut to end at
-  the array's end, overlapping the one before it); or a few elements at the
-  flat positions ``at`` (``start`` None)."""
+  the array's end, overlapping the one before it)."""
 
   keys: jax.Array
   start: jax.Array | int | None
   new_from: jax.Array | int | None = None
-  at: jax.Array | None = None  # or scattered elements at these positions
 
   def uncounted(self, bins: jax.Array) -> jax.Array:
     """``bins`` with the bin ``_RADIX_BINS`` (not counted) for the elements
@@ -196,8 +194,6 @@ class _Part(NamedTuple):
 
   def index(self, offset: int = 0) -> jax.Array:
     """``offset`` plus each element's row-major position in its array."""
-    if self.at is not None:
-      return offset + self.at
     if self.start is None:
       return flat_index(self.keys, offset)
     return (offset + self.start
@@ -227,7 +223,7 @@ class _Source(NamedTuple):
   """
 
   keys: LazyKeys | _Concatenated
-  group: int | jax.Array  # or each element's group (see forced_corrections)
+  group: int
   offset: int  # the flat index, within the group, of the first element
   members: tuple[tuple[int, int, int], ...]  # (array, start in the run, size)
 
@@ -406,17 +402,30 @@ def _with_forced(keys: jax.Array, index: jax.Array,
   return jnp.where(index == forced, jnp.uint32(FORCED_KEY), keys)
 
 
-def _first_of(keys: jax.Array, value: jax.Array, index: jax.Array) -> jax.Array:
-  """The lowest ``index`` (int32, of ``keys``' shape) at which ``keys``
-  holds ``value``; the largest int32 if none does."""
-  never = jnp.int32(jnp.iinfo(jnp.int32).max)
-  return jnp.min(jnp.where(keys == value, index, never))
+_NO_INDEX = jnp.iinfo(jnp.int32).max
+
+
+def _lowest_index(where: jax.Array, index: jax.Array) -> jax.Array:
+  """The lowest ``index`` (int32, of ``where``'s shape) at which ``where``
+  holds; :data:`_NO_INDEX` if it holds nowhere."""
+  return jnp.min(jnp.where(where, index, jnp.int32(_NO_INDEX)))
 
 
 def flat_index(x: jax.Array, offset: int = 0) -> jax.Array:
   """``offset`` plus each element's row-major position in ``x``, as int32
   of ``x``'s shape, computed in place (see :func:`_sharding.flat_index`)."""
   return _sharding.flat_index(x.shape, jnp.int32, offset, like=x)
+
+
+class _Moves(NamedTuple):
+  """Count corrections, one per entry: ``weight`` added to the bin of the
+  key ``keys`` at flat ``index`` in group ``group`` (all int32 or uint32
+  vectors of one length)."""
+
+  group: jax.Array
+  keys: jax.Array
+  index: jax.Array
+  weight: jax.Array
 
 
 def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
@@ -427,11 +436,9 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
   forced = None  # int32 per array once the first pass has found them
 
   def keys_of(source: _Source, part: _Part) -> jax.Array:
-    """The part's keys with the forced elements' keys :data:`FORCED_KEY`.
-    The histogram passes do not call it: comparing every element's index
-    with the forced ones made each counting pass a third slower; they
-    count the keys as they are and correct the counts of the forced
-    elements alone (see ``forced_corrections``)."""
+    """The part's keys with the forced elements' keys :data:`FORCED_KEY`
+    (for the minimum trips; the counting passes correct their counts
+    instead, see ``moves``)."""
     if forced is None:
       return part.keys
     keys, index = part.keys, part.index()
@@ -457,7 +464,7 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
       # quarter of a 4M mask update).
       if len(source.members) == 1:  # possibly in chunks
         maxima = (jnp.max(chunk),)
-        lowest = lambda: _first_of(chunk, maxima[0], part.index())
+        lowest = lambda: _lowest_index(chunk == maxima[0], part.index())
         if part.start is None:  # whole, maybe sharded: no reshape (a gather)
           firsts = (lowest(),)
         else:  # a later chunk holds the first maximum only if it is larger
@@ -485,65 +492,58 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
       max_keys[j], first_max[j] = key_max, index
   high_histograms = jnp.stack(high_histograms)
   nan_counts = high_histograms[:, NAN_KEY >> _RADIX_BITS]
+  moves = None  # with keep_best, the forced elements' moves to FORCED_KEY
   if keep_best:
     # Each array's best survivor moves from its key's bin to the top bin;
     # one that was NaN is still counted as a NaN score.
-    survived = jnp.stack(max_keys) > PRUNED_KEY
+    own = jnp.stack(max_keys)  # each array's largest key
+    survived = own > PRUNED_KEY
     forced = jnp.where(survived, jnp.stack(first_max), -1)
-    group_of = [0] * num_arrays
+    group_of, offset_of = [0] * num_arrays, [0] * num_arrays
     for source in sources:
-      for j, _, _ in source.members:
-        group_of[j] = source.group
+      for j, start, _ in source.members:
+        group_of[j], offset_of[j] = source.group, source.offset + start
     group_of = jnp.asarray(group_of, jnp.int32)
     moved = survived.astype(jnp.int32)
     high_histograms = high_histograms.at[
-        group_of, jnp.stack(max_keys) >> _RADIX_BITS].add(-moved)
+        group_of, own >> _RADIX_BITS].add(-moved)
     high_histograms = high_histograms.at[group_of, _RADIX_BINS - 1].add(moved)
+    # The later passes count the keys as they are (comparing every element's
+    # index with the forced ones made each pass a third slower) and make the
+    # same move: each forced element's count is taken off under its own key
+    # and added under FORCED_KEY.
+    moves = _Moves(
+        group=jnp.concatenate([group_of] * 2),
+        keys=jnp.concatenate([own, jnp.full_like(own, FORCED_KEY)]),
+        index=jnp.concatenate(
+            [jnp.asarray(offset_of, jnp.int32) + forced] * 2),
+        weight=jnp.concatenate([-moved, moved]))
   high, _, above_high = _highest_bin_reaching(
       high_histograms, jnp.zeros((num_groups,), jnp.int32), k)
   high = high.astype(jnp.uint32)
 
-  def forced_corrections(bins_of, counts: jax.Array) -> jax.Array:
-    """``counts`` (``[groups, bins]``) of the keys as they are, corrected to
-    the keys with every forced element at :data:`FORCED_KEY`: the forced
-    elements' bins under their own keys (the largest of their arrays) are
-    taken off and their bins under the forced key added, in one scatter for
-    all groups."""
-    if forced is None:
-      return counts
-    arrays, groups, positions = [], [], []
-    for source in sources:
-      for j, start, _ in source.members:
-        arrays.append(j)
-        groups.append(source.group)
-        positions.append(source.offset + start + forced[j])
-    own = jnp.stack([max_keys[j] for j in arrays])
-    keys = jnp.concatenate([own, jnp.full_like(own, FORCED_KEY)])
-    at = jnp.concatenate([jnp.stack(positions)] * 2)
-    group = jnp.asarray(groups * 2, jnp.int32)
-    real = jnp.concatenate([forced[jnp.asarray(arrays)] >= 0] * 2)
-    sign = jnp.repeat(jnp.asarray([-1, 1], jnp.int32), len(arrays))
-    # Per element, its group's threshold and digits (a gather by group).
-    bins = bins_of(_Source(None, group, 0, ()), _Part(keys, None, at=at))
-    flat_bins = jnp.where(bins < _RADIX_BINS, group * _RADIX_BINS + bins,
-                          num_groups * _RADIX_BINS)
-    return _sharding.bin_sums(
-        flat_bins, jnp.where(real, sign, 0), num_groups * _RADIX_BINS,
-        jnp.int32, initial=counts.reshape(-1)).reshape(counts.shape)
-
   def histograms(bins_of) -> jax.Array:
-    """``[groups, bins]``: the counts of ``bins_of(source, part)`` over the
-    parts of every source of each group (bin ``_RADIX_BINS``: not counted),
-    the forced elements counted under :data:`FORCED_KEY`."""
+    """``[groups, bins]``: the counts of ``bins_of(group, keys, index)``
+    over the parts of every source of each group (bin ``_RADIX_BINS``: not
+    counted), the forced elements counted under :data:`FORCED_KEY`."""
     per_group = [jnp.zeros((_RADIX_BINS,), jnp.int32)] * num_groups
     for source in sources:
       g = source.group
       per_group[g] = _fold(
           source.keys,
-          lambda h, part, source=source: _add_counts(
-              h, part.uncounted(bins_of(source, part))),
+          lambda h, part, source=source: _add_counts(h, part.uncounted(
+              bins_of(source.group, part.keys, part.index(source.offset)))),
           per_group[g])
-    return forced_corrections(bins_of, jnp.stack(per_group))
+    counts = jnp.stack(per_group)
+    if moves is None:
+      return counts
+    # One scatter for all groups: each move's bin, offset by its group's.
+    bins = bins_of(moves.group, moves.keys, moves.index)
+    flat_bins = jnp.where(bins < _RADIX_BINS, moves.group * _RADIX_BINS + bins,
+                          num_groups * _RADIX_BINS)
+    return _sharding.bin_sums(
+        flat_bins, moves.weight, num_groups * _RADIX_BINS, jnp.int32,
+        initial=counts.reshape(-1)).reshape(counts.shape)
 
   # The rest of the search is one pass per trip of a loop, traced once: trip
   # 1 finds the threshold's low 16 bits among the keys in its high bin.  If
@@ -564,10 +564,10 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
     bound: jax.Array  # int32 [groups]
     taken: jax.Array  # int32: the minimum trips made
 
-  def bins(trip, search: Search, source: _Source, part: _Part) -> jax.Array:
-    g = source.group
-    keys = part.keys  # unforced: histograms() corrects the forced ones
-    index = part.index(source.offset)
+  def bins(trip, search: Search, g, keys: jax.Array,
+           index: jax.Array) -> jax.Array:
+    """The bins of ``keys`` at flat ``index`` in group ``g`` (an int, or
+    each key's group) on this trip; the keys as they are, unforced."""
     in_high_bin = _low_bins(keys, search.threshold[g] >> _RADIX_BITS)
     tied = keys == search.threshold[g]
     high_digit = index >> _RADIX_BITS
@@ -606,8 +606,7 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
     )
 
   def minimum_trip(search: Search) -> Search:
-    never = jnp.int32(jnp.iinfo(jnp.int32).max)
-    lowest = [never] * num_groups
+    lowest = [jnp.int32(_NO_INDEX)] * num_groups
     for source in sources:
       g = source.group
 
@@ -615,7 +614,7 @@ def _cut(sources, num_arrays, group_sizes, k, keep_best: bool) -> _Cut:
         index = part.index(source.offset)
         tied = ((keys_of(source, part) == search.threshold[g])
                 & (index >= search.bound[g]))
-        return jnp.minimum(acc, jnp.min(jnp.where(tied, index, never)))
+        return jnp.minimum(acc, _lowest_index(tied, index))
 
       lowest[g] = _fold(source.keys, lowest_in, lowest[g])
     bound = jnp.where(search.taken < search.wanted, jnp.stack(lowest) + 1,
